@@ -1,0 +1,16 @@
+//! ldct-proto: the contracts every ldct crate shares.
+//!
+//! - [`onnx`]: the subset of the ONNX IR schema that ldct writes (generated from
+//!   `onnx.proto` by prost at build time, field numbers per the ONNX spec).
+//! - [`manifest`]: the model card (`manifest.json`) written beside every `model.onnx`.
+//! - [`model_dir`]: a model folder (`model.onnx` + `manifest.json`), checksum-verified.
+//! - [`runtime`] (feature `runtime`): locating and loading the ONNX Runtime shared
+//!   library, one environment per process.
+
+pub mod manifest;
+pub mod model_dir;
+pub mod onnx;
+#[cfg(feature = "runtime")]
+pub mod runtime;
+
+pub use manifest::{Manifest, ManifestError};

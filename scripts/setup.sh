@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Idempotent project setup: Debian packages the tests and tools need, and the
+# project venv `.venv` with the Python reference implementations.
+# Quick when everything is already there (no network calls in that case).
+#
+#   scripts/setup.sh            venv + apt packages
+#   scripts/setup.sh --venv     venv only
+#   scripts/setup.sh --apt      apt packages only
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+
+# Keep in sync with scripts/requirements.txt (the stamp records its hash).
+REQ="$ROOT/scripts/requirements.txt"
+
+# Debian packages the tests and tools need.
+#   invesalius-examples: a real head CT (Cranium.inv3), the built-in dataset
+APT_PACKAGES=(
+  invesalius-examples
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+setup_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    return 0
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+setup_venv() {
+  local stamp="$VENV/.ldct-requirements.sha256"
+  local want
+  want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV"
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+      # Debian's python3 without ensurepip: install python3-venv and retry.
+      rm -rf "$VENV"
+      export DEBIAN_FRONTEND=noninteractive
+      as_root apt-get update -qq
+      as_root apt-get install -y -qq python3-venv >/dev/null
+      "$PYTHON" -m venv "$VENV"
+    fi
+  fi
+  log "installing Python packages into $VENV (scripts/requirements.txt)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+  echo "$want" >"$stamp"
+}
+
+case "${1:-all}" in
+  --venv) setup_venv ;;
+  --apt) setup_apt ;;
+  all | --all) setup_apt; setup_venv ;;
+  *) echo "usage: $0 [--venv|--apt]" >&2; exit 2 ;;
+esac
