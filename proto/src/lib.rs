@@ -1,5 +1,7 @@
 //! ldct-proto: the contracts every ldct crate shares.
 //!
+//! - [`arch`]: the network description (a layer graph with named parameters) that
+//!   the Candle builder and the ONNX writer both walk.
 //! - [`onnx`]: the subset of the ONNX IR schema that ldct writes (generated from
 //!   `onnx.proto` by prost at build time, field numbers per the ONNX spec).
 //! - [`manifest`]: the model card (`manifest.json`) written beside every `model.onnx`.
@@ -7,6 +9,7 @@
 //! - [`runtime`] (feature `runtime`): locating and loading the ONNX Runtime shared
 //!   library, one environment per process.
 
+pub mod arch;
 pub mod manifest;
 pub mod model_dir;
 pub mod onnx;

@@ -1,0 +1,376 @@
+use super::*;
+
+/// Parameters of a conv with bias.
+fn conv(cin: usize, cout: usize, k: usize, bias: bool) -> usize {
+    cin * cout * k * k + if bias { cout } else { 0 }
+}
+
+/// The CycleGAN ResNet generator's parameter count (instance norm without
+/// affine parameters: every conv has a bias, norms have none).
+fn resnet_count(cin: usize, cout: usize, ngf: usize, blocks: usize) -> usize {
+    conv(cin, ngf, 7, true)
+        + conv(ngf, 2 * ngf, 3, true)
+        + conv(2 * ngf, 4 * ngf, 3, true)
+        + blocks * 2 * conv(4 * ngf, 4 * ngf, 3, true)
+        + conv(4 * ngf, 2 * ngf, 3, true)
+        + conv(2 * ngf, ngf, 3, true)
+        + conv(ngf, cout, 7, true)
+}
+
+fn resnet(ngf: usize, n_blocks: usize, norm: Norm) -> Preset {
+    Preset::Resnet(ResnetConfig {
+        ngf,
+        n_blocks,
+        norm,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn cyclegan_resnet_9blocks_has_the_known_parameter_count() {
+    // The well-known 11.378M of CycleGAN's resnet_9blocks, ngf 64, RGB.
+    let arch = resnet(64, 9, Norm::Instance).build(3, 3).unwrap();
+    assert_eq!(arch.parameter_count(), 11_378_179);
+    assert_eq!(resnet_count(3, 3, 64, 9), 11_378_179);
+    // ldct's single-channel version.
+    let arch = Arch::from_preset(&resnet(64, 9, Norm::Instance)).unwrap();
+    assert_eq!(arch.parameter_count(), resnet_count(1, 1, 64, 9));
+    assert_eq!(arch.parameter_count(), 11_365_633);
+}
+
+#[test]
+fn resnet_norm_variants_change_biases_and_norm_parameters() {
+    let ngf = 8;
+    let base = resnet_count(1, 1, ngf, 2);
+    // Conv layers followed by a norm: stem, 2 downs, 2 per block, 2 ups.
+    let normed_convs_out = ngf + 2 * ngf + 4 * ngf + 2 * 2 * 4 * ngf + 2 * ngf + ngf;
+    let none = Arch::from_preset(&resnet(ngf, 2, Norm::None)).unwrap();
+    assert_eq!(none.parameter_count(), base);
+    let affine = Arch::from_preset(&resnet(ngf, 2, Norm::InstanceAffine)).unwrap();
+    assert_eq!(affine.parameter_count(), base + 2 * normed_convs_out);
+    let batch = Arch::from_preset(&resnet(ngf, 2, Norm::Batch)).unwrap();
+    // No conv bias before a batch norm; weight and bias per norm channel.
+    assert_eq!(
+        batch.parameter_count(),
+        base - normed_convs_out + 2 * normed_convs_out
+    );
+    // Running statistics are parameters of the file but not trainable.
+    let buffers: usize = batch
+        .parameters()
+        .iter()
+        .filter(|p| !p.trainable())
+        .map(ParamSpec::numel)
+        .sum();
+    assert_eq!(buffers, 2 * normed_convs_out);
+}
+
+#[test]
+fn patchgan_70_has_the_known_parameter_count_and_map_size() {
+    let p = Preset::Patchgan(PatchganConfig::default());
+    let arch = p.build(3, 1).unwrap();
+    // CycleGAN's basic (n_layers 3) discriminator on RGB: 2,764,737.
+    assert_eq!(arch.parameter_count(), 2_764_737);
+    let arch = Arch::from_preset(&p).unwrap();
+    assert_eq!(
+        arch.parameter_count(),
+        conv(1, 64, 4, true)
+            + conv(64, 128, 4, true)
+            + conv(128, 256, 4, true)
+            + conv(256, 512, 4, true)
+            + conv(512, 1, 4, true)
+    );
+    assert_eq!(arch.parameter_count(), 2_762_689);
+    let out = arch.output_shape(256, 256).unwrap();
+    assert_eq!((out.channels, out.h, out.w), (1, 30, 30));
+    let out = arch.output_shape(128, 128).unwrap();
+    assert_eq!((out.h, out.w), (14, 14));
+    assert_eq!(arch.spatial_multiple(), 8);
+    assert!(!arch.preserves_size());
+}
+
+#[test]
+fn redcnn_has_the_papers_size_and_shape_rules() {
+    let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig::default())).unwrap();
+    let f = 96;
+    let expected = conv(1, f, 5, true)
+        + 4 * conv(f, f, 5, true)
+        + 4 * conv(f, f, 5, true)
+        + conv(f, 1, 5, true);
+    assert_eq!(arch.parameter_count(), expected);
+    assert_eq!(expected, 1_848_865);
+    assert_eq!(arch.spatial_multiple(), 1);
+    assert!(arch.preserves_size());
+    // Any size above 20 works and is preserved.
+    for (h, w) in [(21, 21), (37, 50), (64, 23)] {
+        let s = arch.output_shape(h, w).unwrap();
+        assert_eq!((s.channels, s.h, s.w), (1, h, w));
+    }
+    let err = arch.output_shape(20, 64).unwrap_err();
+    assert!(
+        matches!(&err, ArchError::Shape { node, .. } if node == "conv5"),
+        "{err}"
+    );
+    assert_eq!(arch.min_size(), Some(21));
+    assert_eq!(arch.padded_size(37, 50).unwrap(), (37, 50));
+    assert_eq!(arch.padded_size(5, 50).unwrap(), (21, 50));
+}
+
+#[test]
+fn unet_shape_rules() {
+    for depth in 1..=4 {
+        let cfg = UnetConfig {
+            base: 4,
+            depth,
+            ..Default::default()
+        };
+        let arch = Arch::from_preset(&Preset::Unet(cfg)).unwrap();
+        let m = 1 << depth;
+        assert_eq!(arch.spatial_multiple(), m);
+        assert_eq!(arch.min_size(), Some(m));
+        for (h, w) in [(m, 3 * m), (4 * m, 2 * m)] {
+            let s = arch.output_shape(h, w).unwrap();
+            assert_eq!((s.channels, s.h, s.w), (1, h, w));
+        }
+        // Not a multiple: the skip concat of the first mismatched level fails.
+        let err = arch.output_shape(m + 1, m).unwrap_err();
+        assert!(
+            matches!(&err, ArchError::Shape { node, reason, .. } if node.ends_with(".cat") && reason.contains("joins")),
+            "{err}"
+        );
+        assert_eq!(arch.padded_size(m + 1, 1).unwrap(), (2 * m, m));
+    }
+}
+
+#[test]
+fn unet_parameter_count_by_formula() {
+    let (b, depth) = (8, 3);
+    let arch = Arch::from_preset(&Preset::Unet(UnetConfig {
+        base: b,
+        depth,
+        ..Default::default()
+    }))
+    .unwrap();
+    let ch = |l: usize| b << l;
+    let mut n = conv(1, b, 3, true) + conv(b, b, 3, true);
+    for l in 1..=depth {
+        n += conv(ch(l - 1), ch(l), 3, true) + conv(ch(l), ch(l), 3, true);
+        n += conv(ch(l), ch(l - 1), 3, true) // transposed: same count
+            + conv(2 * ch(l - 1), ch(l - 1), 3, true)
+            + conv(ch(l - 1), ch(l - 1), 3, true);
+    }
+    n += conv(b, 1, 1, true);
+    assert_eq!(arch.parameter_count(), n);
+    // The default (base 32, depth 4), same formula.
+    let default = Arch::from_preset(&Preset::Unet(UnetConfig::default())).unwrap();
+    assert_eq!(default.parameter_count(), 8_629_921);
+}
+
+#[test]
+fn resnet_shapes_multiple_and_errors() {
+    let arch = Arch::from_preset(&resnet(4, 1, Norm::Instance)).unwrap();
+    assert_eq!(arch.spatial_multiple(), 4);
+    assert_eq!(arch.min_size(), Some(8));
+    assert!(arch.preserves_size());
+    let shapes = arch.infer_shapes(64, 48).unwrap();
+    let by_name = |n: &str| shapes[arch.nodes.iter().position(|x| x.name == n).unwrap()];
+    assert_eq!(by_name("stem.pad").to_string(), "1x70x54");
+    assert_eq!(by_name("down2.relu").to_string(), "16x16x12");
+    assert_eq!(by_name("up2.relu").to_string(), "4x64x48");
+    assert_eq!(by_name("residual").to_string(), "1x64x48");
+    // Not a multiple of 4: the global residual cannot add 37x50 to 40x52.
+    let err = arch.output_shape(37, 50).unwrap_err();
+    assert!(
+        matches!(&err, ArchError::Shape { node, .. } if node == "residual"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("37x50"), "{err}");
+    // Too small for the reflection padding of the residual blocks.
+    let err = arch.output_shape(4, 4).unwrap_err();
+    assert!(
+        matches!(&err, ArchError::Shape { node, .. } if node == "blocks.0.pad1"),
+        "{err}"
+    );
+    assert_eq!(arch.padded_size(37, 50).unwrap(), (40, 52));
+    assert_eq!(arch.padded_size(3, 1).unwrap(), (8, 8));
+    // MACs: 7x7 stem on 64x48 alone is 64*48*4*49.
+    assert!(arch.macs(64, 48).unwrap() > (64 * 48 * 4 * 49) as u64);
+}
+
+#[test]
+fn parameter_names_are_deterministic_and_unique() {
+    let arch = Arch::from_preset(&resnet(64, 9, Norm::Instance)).unwrap();
+    let params = arch.parameters();
+    let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names[0], "stem.conv.weight");
+    assert_eq!(names[1], "stem.conv.bias");
+    assert!(names.contains(&"blocks.3.conv1.weight"));
+    assert!(names.contains(&"up2.conv.weight"));
+    assert_eq!(*names.last().unwrap(), "head.conv.bias");
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len());
+    let up = params.iter().find(|p| p.name == "up1.conv.weight").unwrap();
+    assert_eq!(
+        up.shape,
+        vec![256, 128, 3, 3],
+        "transposed conv weight is [in, out, k, k]"
+    );
+}
+
+#[test]
+fn json_round_trip_of_every_preset() {
+    let presets = [
+        resnet(4, 1, Norm::Instance),
+        resnet(4, 2, Norm::Batch),
+        Preset::Unet(UnetConfig {
+            base: 4,
+            depth: 2,
+            norm: Norm::InstanceAffine,
+            tanh: false,
+            global_residual: false,
+        }),
+        Preset::Patchgan(PatchganConfig {
+            ndf: 4,
+            n_layers: 2,
+            norm: Norm::None,
+        }),
+        Preset::Redcnn(RedcnnConfig {
+            filters: 4,
+            kernel: 3,
+        }),
+    ];
+    for p in presets {
+        let arch = Arch::from_preset(&p).unwrap();
+        let json = arch.to_json();
+        let back = Arch::from_json(&json).unwrap();
+        assert_eq!(back, arch);
+        assert_eq!(back.to_json(), json);
+    }
+}
+
+#[test]
+fn preset_deserialises_with_defaults_and_rejects_typos() {
+    let p: Preset =
+        serde_json::from_str(r#"{"kind": "resnet", "ngf": 32, "n_blocks": 6}"#).unwrap();
+    assert_eq!(
+        p,
+        Preset::Resnet(ResnetConfig {
+            ngf: 32,
+            n_blocks: 6,
+            ..Default::default()
+        })
+    );
+    let p: Preset = serde_json::from_str(r#"{"kind": "unet"}"#).unwrap();
+    assert_eq!(p, Preset::Unet(UnetConfig::default()));
+    assert!(serde_json::from_str::<Preset>(r#"{"kind": "resnet", "ngff": 32}"#).is_err());
+    assert!(serde_json::from_str::<Preset>(r#"{"kind": "vgg"}"#).is_err());
+}
+
+#[test]
+fn validation_catches_malformed_graphs() {
+    let mut arch = Arch::from_preset(&resnet(4, 1, Norm::Instance)).unwrap();
+    let good = arch.clone();
+
+    arch.nodes[3].inputs = vec!["blocks.0.add".into()];
+    let err = arch.validate().unwrap_err();
+    assert!(err.to_string().contains("earlier node"), "{err}");
+
+    let mut arch = good.clone();
+    arch.nodes[1].name = "stem.pad".into();
+    assert!(arch
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
+
+    let mut arch = good.clone();
+    if let Op::Conv2d { in_channels, .. } = &mut arch.nodes[1].op {
+        *in_channels = 3;
+    }
+    let err = arch.validate().unwrap_err();
+    assert!(
+        matches!(&err, ArchError::Invalid { node, reason } if node == "stem.conv" && reason.contains("input channels")),
+        "{err}"
+    );
+
+    let mut arch = good.clone();
+    arch.output_channels = 2;
+    assert!(arch.validate().is_err());
+
+    let mut arch = good.clone();
+    arch.nodes.last_mut().unwrap().inputs.pop();
+    assert!(arch.validate().unwrap_err().to_string().contains("2 input"));
+
+    let mut json: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+    json["nodes"][1]["inputs"][0] = "nowhere".into();
+    assert!(Arch::from_json(&json.to_string()).is_err());
+
+    assert!(Preset::Resnet(ResnetConfig::default()).build(1, 2).is_err());
+    assert!(Preset::Custom.build(1, 1).is_err());
+}
+
+#[test]
+fn custom_graph_with_upsample_and_zero_pad() {
+    let arch = Arch {
+        schema_version: ARCH_SCHEMA_VERSION,
+        name: "tiny".into(),
+        preset: Preset::Custom,
+        input_channels: 1,
+        output_channels: 2,
+        nodes: vec![
+            Node {
+                name: "down".into(),
+                op: Op::Conv2d {
+                    in_channels: 1,
+                    out_channels: 2,
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                    dilation: 1,
+                    bias: false,
+                },
+                inputs: vec![INPUT.into()],
+            },
+            Node {
+                name: "up".into(),
+                op: Op::Upsample {
+                    scale: 2,
+                    mode: UpsampleMode::Nearest,
+                },
+                inputs: vec!["down".into()],
+            },
+            Node {
+                name: "pad".into(),
+                op: Op::ZeroPad2d { pad: 1 },
+                inputs: vec!["up".into()],
+            },
+        ],
+    };
+    arch.validate().unwrap();
+    assert_eq!(arch.spatial_multiple(), 2);
+    assert_eq!(arch.output_shape(6, 4).unwrap().to_string(), "2x8x6");
+    assert_eq!(arch.parameter_count(), 8);
+    assert!(arch.summary().contains("custom graph"));
+}
+
+#[test]
+fn json_schema_of_a_tiny_resnet() {
+    let arch = Arch::from_preset(&resnet(4, 1, Norm::Instance)).unwrap();
+    let json = arch.to_json();
+    eprintln!("{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["name"], "resnet_ngf4_1blocks");
+    assert_eq!(v["preset"]["kind"], "resnet");
+    assert_eq!(v["preset"]["norm"], "instance");
+    assert_eq!(v["nodes"][0]["name"], "stem.pad");
+    assert_eq!(v["nodes"][0]["op"]["type"], "reflection_pad2d");
+    assert_eq!(v["nodes"][0]["inputs"][0], INPUT);
+    assert_eq!(v["nodes"][1]["op"]["type"], "conv2d");
+    assert_eq!(v["nodes"][1]["op"]["kernel"], 7);
+    let last = v["nodes"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "residual");
+    assert_eq!(last["op"]["type"], "add");
+    assert_eq!(last["inputs"], serde_json::json!([INPUT, "head.tanh"]));
+}
