@@ -17,8 +17,10 @@ REQ="$ROOT/scripts/requirements.txt"
 
 # Debian packages the tests and tools need.
 #   invesalius-examples: a real head CT (Cranium.inv3), the built-in dataset
+#   prometheus: promtool, which checks ldct-serve's /metrics in the tests
 APT_PACKAGES=(
   invesalius-examples
+  prometheus
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

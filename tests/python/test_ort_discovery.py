@@ -36,7 +36,7 @@ def test_no_library_anywhere_says_how_to_fix(tmp_path):
 
 def test_venv_library_is_discovered_without_env(tmp_path):
     # Inside the repo, without ORT_DYLIB_PATH: the .venv wheel's library is used.
-    proc = run(ldct_bin("ldct-serve"), ["--models", str(tmp_path)], {}, ROOT)
+    proc = run(ldct_bin("ldct-serve"), ["--check", "--models", str(tmp_path)], {}, ROOT)
     out = proc.stdout + proc.stderr
     assert "ONNX Runtime ready" in out, out
     assert "libonnxruntime.so.1" in out

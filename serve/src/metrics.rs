@@ -1,0 +1,230 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format 0.0.4).
+//!
+//! One process-wide set, [`metrics()`]; every name starts with `ldct_`.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// `ldct_http_requests_total{route, method, status}`.
+    pub requests: IntCounterVec,
+    /// `ldct_http_request_duration_seconds{route}`.
+    pub request_duration: HistogramVec,
+    /// `ldct_http_requests_in_flight`.
+    pub in_flight: IntGauge,
+    /// `ldct_errors_total{kind}`: error responses by `error.code`.
+    pub errors: IntCounterVec,
+    /// `ldct_inference_duration_seconds{model}`: one ONNX Runtime call (a whole batch).
+    pub inference_duration: HistogramVec,
+    /// `ldct_batch_size{model}`: slices per inference call.
+    pub batch_size: HistogramVec,
+    /// `ldct_queue_depth`: slices waiting for an inference thread.
+    pub queue_depth: IntGauge,
+    /// `ldct_model_info{name, version, device}` = 1 for each loaded model.
+    pub model_info: IntGaugeVec,
+    /// `ldct_models_loaded`.
+    pub models_loaded: IntGauge,
+    /// `ldct_noise_in_hu{model}` / `ldct_noise_out_hu{model}`: no-reference noise
+    /// estimate of the input and of the output of `/v1/denoise`, in HU.
+    pub noise_in: HistogramVec,
+    pub noise_out: HistogramVec,
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+const NOISE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0, 200.0,
+];
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| invalid(name, e))
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| invalid(name, e))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| invalid(name, e))
+}
+
+// The metric names and labels above are constants: a failure is a programming error
+// caught by the unit tests, never a request-time condition.
+fn invalid<T>(name: &str, e: prometheus::Error) -> T {
+    panic!("metric {name} is invalid: {e}")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter(
+                "ldct_http_requests_total",
+                "HTTP requests by route pattern, method and status code.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                "ldct_http_request_duration_seconds",
+                "HTTP request duration by route pattern.",
+                &["route"],
+                DURATION_BUCKETS,
+            ),
+            in_flight: gauge(
+                "ldct_http_requests_in_flight",
+                "HTTP requests being served.",
+            ),
+            errors: counter(
+                "ldct_errors_total",
+                "Error responses by kind (the error.code of the JSON body).",
+                &["kind"],
+            ),
+            inference_duration: histogram(
+                "ldct_inference_duration_seconds",
+                "Duration of one ONNX Runtime call (a whole batch) by model.",
+                &["model"],
+                DURATION_BUCKETS,
+            ),
+            batch_size: histogram(
+                "ldct_batch_size",
+                "Slices per ONNX Runtime call by model.",
+                &["model"],
+                BATCH_BUCKETS,
+            ),
+            queue_depth: gauge(
+                "ldct_queue_depth",
+                "Slices waiting for an inference thread.",
+            ),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    "ldct_model_info",
+                    "Loaded models (value 1) with version and device.",
+                ),
+                &["name", "version", "device"],
+            )
+            .unwrap_or_else(|e| invalid("ldct_model_info", e)),
+            models_loaded: gauge("ldct_models_loaded", "Number of loaded models."),
+            noise_in: histogram(
+                "ldct_noise_in_hu",
+                "No-reference noise estimate of denoise inputs in HU, by model.",
+                &["model"],
+                NOISE_BUCKETS,
+            ),
+            noise_out: histogram(
+                "ldct_noise_out_hu",
+                "No-reference noise estimate of denoise outputs in HU, by model.",
+                &["model"],
+                NOISE_BUCKETS,
+            ),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.inference_duration.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.model_info.clone()),
+            Box::new(m.models_loaded.clone()),
+            Box::new(m.noise_in.clone()),
+            Box::new(m.noise_out.clone()),
+        ];
+        for c in collectors {
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| invalid("registration", e));
+        }
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Result<String, String> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(buf).map_err(|e| e.to_string())
+    }
+
+    /// Replaces the model info series with the given (name, version, device) triples.
+    pub fn set_models(&self, models: &[(String, String, String)]) {
+        self.model_info.reset();
+        for (name, version, device) in models {
+            self.model_info
+                .with_label_values(&[name.as_str(), version.as_str(), device.as_str()])
+                .set(1);
+        }
+        self.models_loaded.set(models.len() as i64);
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_help_and_type() {
+        let m = metrics();
+        m.requests
+            .with_label_values(&["/v1/denoise", "POST", "200"])
+            .inc();
+        m.request_duration
+            .with_label_values(&["/v1/denoise"])
+            .observe(0.02);
+        m.errors.with_label_values(&["queue_full"]).inc();
+        m.inference_duration
+            .with_label_values(&["tiny"])
+            .observe(0.01);
+        m.batch_size.with_label_values(&["tiny"]).observe(3.0);
+        m.noise_in.with_label_values(&["tiny"]).observe(20.0);
+        m.noise_out.with_label_values(&["tiny"]).observe(8.0);
+        m.set_models(&[("tiny".into(), "0.1.0".into(), "cpu".into())]);
+        let text = m.render().unwrap();
+        for name in [
+            "ldct_http_requests_total",
+            "ldct_http_request_duration_seconds",
+            "ldct_http_requests_in_flight",
+            "ldct_errors_total",
+            "ldct_inference_duration_seconds",
+            "ldct_batch_size",
+            "ldct_queue_depth",
+            "ldct_model_info",
+            "ldct_models_loaded",
+            "ldct_noise_in_hu",
+            "ldct_noise_out_hu",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} missing:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("ldct_model_info{device=\"cpu\",name=\"tiny\",version=\"0.1.0\"} 1"));
+        m.set_models(&[]);
+        assert!(!m.render().unwrap().contains("name=\"tiny\",version"));
+    }
+}

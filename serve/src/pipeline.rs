@@ -1,0 +1,66 @@
+//! From a decoded slice to the network's output: submit to the batcher, wait (bounded by
+//! the request timeout), and the shared HU <-> normalised steps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ndarray::Array2;
+
+use crate::batcher::Batcher;
+use crate::error::ServeError;
+use crate::model::LoadedModel;
+use crate::pixels::{self, Prepared};
+
+/// Runs prepared slices of one model through the batcher; outputs are padded and
+/// normalised like the inputs, in the same order. All slices are queued before any
+/// is awaited, so a multi-slice request batches with itself. The slices' data moves
+/// to the batcher (their sizes stay for [`pixels::finish_hu`]).
+pub async fn run_prepared(
+    batcher: &Batcher,
+    timeout: Duration,
+    model: &Arc<LoadedModel>,
+    slices: &mut [Prepared],
+) -> Result<Vec<Vec<f32>>, ServeError> {
+    let mut receivers = Vec::with_capacity(slices.len());
+    for p in slices.iter_mut() {
+        let data = std::mem::take(&mut p.data);
+        receivers.push(batcher.submit(model.clone(), p.padded_h, p.padded_w, data)?);
+    }
+    let wait = async {
+        let mut outs = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            let out = rx.await.map_err(|_| {
+                ServeError::Internal("the inference thread dropped the request".into())
+            })??;
+            outs.push(out);
+        }
+        Ok(outs)
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(r) => r,
+        // Dropping the receivers tells the batcher to skip slices not yet run.
+        Err(_) => Err(ServeError::Timeout {
+            seconds: timeout.as_secs_f64(),
+        }),
+    }
+}
+
+/// HU in, HU out for one slice (preparation is cheap enough to run inline).
+pub async fn denoise_hu(
+    batcher: &Batcher,
+    timeout: Duration,
+    model: &Arc<LoadedModel>,
+    hu: &Array2<f32>,
+) -> Result<Array2<f32>, ServeError> {
+    let mut p = [pixels::prepare_hu(
+        hu,
+        &model.normaliser,
+        model.spatial_multiple(),
+    )?];
+    let out = run_prepared(batcher, timeout, model, &mut p).await?;
+    let [p] = p;
+    let first = out
+        .first()
+        .ok_or_else(|| ServeError::Internal("no output".into()))?;
+    pixels::finish_hu(first, &p, &model.normaliser)
+}

@@ -1,0 +1,121 @@
+//! Starting and stopping the server.
+
+use std::sync::Arc;
+
+use actix_web::HttpServer;
+use anyhow::Context;
+
+use crate::app::{app, AppState, Limits};
+use crate::batcher::{BatchConfig, Batcher};
+use crate::config::Config;
+use crate::device::SessionFactory;
+use crate::registry::{Registry, ReloadReport};
+
+/// The state of a configured server before it listens: ONNX Runtime loaded, device
+/// chosen, models loaded (possibly none), inference threads started.
+pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    build(config).map(|(state, _)| state)
+}
+
+fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
+    let rt = ldct_proto::runtime::init().context("loading ONNX Runtime")?;
+    tracing::info!(library = %rt.library.display(), "ONNX Runtime ready");
+    let factory = SessionFactory::resolve(config)?;
+    tracing::info!(device = %factory.device, reason = %factory.reason, "inference device");
+    let workers = config.inference_workers as usize;
+    let registry = Arc::new(Registry::new(config.models.clone(), factory, workers));
+    let report = registry.reload();
+    tracing::info!(
+        models = report.models.len(),
+        rejected = report.rejected.len(),
+        folder = %config.models.display(),
+        "models loaded"
+    );
+    let batcher = Arc::new(
+        Batcher::start(BatchConfig {
+            max_batch: config.max_batch as usize,
+            batch_timeout: config.batch_timeout(),
+            queue_capacity: config.queue_capacity as usize,
+            workers,
+        })
+        .context("starting the inference threads")?,
+    );
+    let state = AppState {
+        registry,
+        batcher,
+        limits: Limits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout(),
+            api_token: config
+                .api_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        },
+    };
+    Ok((state, report))
+}
+
+/// `--check`: what would be served, as JSON on stdout; an error when a folder failed.
+fn check(config: &Config) -> anyhow::Result<()> {
+    let (state, report) = build(config)?;
+    state.batcher.shutdown();
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.rejected.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} model folder(s) under {} were rejected",
+            report.rejected.len(),
+            config.models.display()
+        )
+    }
+}
+
+/// Runs until SIGINT / SIGTERM: then stops accepting connections, lets in-flight
+/// requests finish (up to `--shutdown-timeout`), drains the inference queue and returns.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    if config.check {
+        return check(&config);
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let state = build_state(&config)?;
+    let batcher = state.batcher.clone();
+    let system = actix_web::rt::System::new();
+    let result: anyhow::Result<()> = system.block_on(async move {
+        let s = state.clone();
+        let mut server =
+            HttpServer::new(move || app(s.clone())).shutdown_timeout(config.shutdown_timeout);
+        if let Some(n) = config.http_workers {
+            server = server.workers(n.max(1));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23(&config.bind, tls),
+            None => server.bind(&config.bind),
+        }
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+        for addr in server.addrs() {
+            tracing::info!(
+                "listening on {scheme}://{addr} (auth: {})",
+                if state.limits.api_token.is_some() {
+                    "bearer token"
+                } else {
+                    "none"
+                }
+            );
+        }
+        server.run().await.context("HTTP server")?;
+        Ok(())
+    });
+    tracing::info!(
+        queued = batcher.queue_len(),
+        "HTTP server stopped; draining the inference queue"
+    );
+    batcher.shutdown();
+    tracing::info!("shutdown complete");
+    result
+}
