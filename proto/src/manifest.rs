@@ -211,7 +211,9 @@ impl Manifest {
         }
         let [lo, hi] = self.normalisation.hu_window;
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-            return invalid(format!("HU window [{lo}, {hi}] must be finite with lo < hi"));
+            return invalid(format!(
+                "HU window [{lo}, {hi}] must be finite with lo < hi"
+            ));
         }
         let [rlo, rhi] = self.normalisation.range;
         if !(rlo.is_finite() && rhi.is_finite() && rlo < rhi) {
@@ -222,10 +224,16 @@ impl Manifest {
         }
         if self.onnx.sha256.len() != 64 || !self.onnx.sha256.chars().all(|c| c.is_ascii_hexdigit())
         {
-            return invalid(format!("onnx.sha256 {:?} is not a SHA-256 hex digest", self.onnx.sha256));
+            return invalid(format!(
+                "onnx.sha256 {:?} is not a SHA-256 hex digest",
+                self.onnx.sha256
+            ));
         }
         if !matches!(self.onnx.precision.as_str(), "fp32" | "fp16") {
-            return invalid(format!("onnx.precision {:?} must be fp32 or fp16", self.onnx.precision));
+            return invalid(format!(
+                "onnx.precision {:?} must be fp32 or fp16",
+                self.onnx.precision
+            ));
         }
         Ok(())
     }
@@ -286,7 +294,11 @@ mod tests {
         assert!(m.validate().unwrap_err().to_string().contains("HU window"));
         let mut m = sample();
         m.spatial_multiple = 0;
-        assert!(m.validate().unwrap_err().to_string().contains("spatial_multiple"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("spatial_multiple"));
         let mut m = sample();
         m.name = "../etc".into();
         assert!(m.validate().unwrap_err().to_string().contains("name"));

@@ -11,12 +11,7 @@ const B: f32 = -0.75;
 
 /// y = Conv1x1(x; w = 2.5, b = -0.75), then Identity, float32 [N, 1, H, W] symbolic.
 fn conv1x1_model() -> onnx::ModelProto {
-    let io_type = || {
-        onnx::tensor_type(
-            DataType::Float,
-            &[Err("N"), Ok(1), Err("H"), Err("W")],
-        )
-    };
+    let io_type = || onnx::tensor_type(DataType::Float, &[Err("N"), Ok(1), Err("H"), Err("W")]);
     let graph = onnx::GraphProto {
         name: "conv1x1".into(),
         node: vec![
@@ -103,7 +98,11 @@ fn minimal_conv_model_passes_onnx_checker_and_runs_in_onnxruntime() {
     let y_py = read_npy_f32(&std::fs::read(&out_path).unwrap());
     assert_eq!(y_py.len(), x.len());
     for (yv, xv) in y_py.iter().zip(x.iter()) {
-        assert!((yv - (W * xv + B)).abs() < 1e-6, "onnxruntime {yv} vs expected {}", W * xv + B);
+        assert!(
+            (yv - (W * xv + B)).abs() < 1e-6,
+            "onnxruntime {yv} vs expected {}",
+            W * xv + B
+        );
     }
 
     // The same file through the ort crate (libonnxruntime from ORT_DYLIB_PATH / .venv).
@@ -121,7 +120,10 @@ fn minimal_conv_model_passes_onnx_checker_and_runs_in_onnxruntime() {
     let y_rs = outputs["output"].try_extract_array::<f32>().unwrap();
     assert_eq!(y_rs.shape(), &[2, 1, 5, 7]);
     for (a, b) in y_rs.iter().zip(y_py.iter()) {
-        assert!((a - b).abs() < 1e-6, "ort crate {a} vs python onnxruntime {b}");
+        assert!(
+            (a - b).abs() < 1e-6,
+            "ort crate {a} vs python onnxruntime {b}"
+        );
     }
 }
 
@@ -146,7 +148,8 @@ fn npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    data.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     out
 }
 
