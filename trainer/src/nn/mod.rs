@@ -1,0 +1,32 @@
+//! Tensor operations the networks need that Candle 0.11 lacks, all with gradients.
+//!
+//! - [`pad`]: reflection padding (ONNX `Pad` mode `reflect`), padding an image to a
+//!   size by reflection at the bottom and right ([`pad_to_size`],
+//!   [`pad_to_multiple`]) and cropping back ([`crop`]).
+//! - [`norm`]: instance normalisation (a fused CPU kernel with its own backward,
+//!   and the composite reference that runs on any device) and batch
+//!   normalisation in both modes.
+//! - [`gradcheck`]: finite-difference gradient checks for tests.
+//! - [`conv`]: [`ConvBackend`], the one switch that picks the convolution
+//!   implementation of every network (Candle's ops are the reference path).
+//!
+//! # Candle 0.11's stride/parity backward bug
+//!
+//! The backward of `Tensor::conv2d` computes the input gradient with
+//! `conv_transpose2d` and derives its `output_padding` from the height only
+//! (`backprop.rs`, `Op::Conv2D`), then uses it for both axes. With stride > 1 and
+//! `(H + 2p - k) % stride != (W + 2p - k) % stride` the input gradient comes out
+//! one pixel too wide or narrow and backward fails with a shape mismatch. The
+//! forward is correct for any size. So: train on square patches or on sizes that
+//! are a multiple of [`ldct_proto::arch::Arch::spatial_multiple`] (which keeps every
+//! stride-2 layer on even sizes), and run inference on any size by padding to the
+//! multiple ([`pad_to_multiple`]) and cropping back.
+
+pub mod conv;
+pub mod gradcheck;
+pub mod norm;
+pub mod pad;
+
+pub use conv::ConvBackend;
+pub use norm::{batch_norm, batch_stats, instance_norm, instance_norm_reference};
+pub use pad::{crop, pad_to_multiple, pad_to_size, reflection_pad2d, zero_pad2d};
