@@ -1,0 +1,149 @@
+//! `ldct-train dataset import`: build an AAPM-layout dataset from full-dose CT.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use ldct_imaging::raw::{Endian, RawDtype};
+
+use super::simulate::SimOptions;
+use crate::dataset::{import, ImportOptions, Source};
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Read a full-dose source, split it by contiguous slice ranges, simulate the
+    /// low-dose partners, write {train,test}/{fd,qd}/NNNN.npy (HU) and dataset.json.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// An InVesalius .inv3 project (default: Debian's invesalius-examples head CT).
+    Invesalius,
+    /// A DICOM file or series folder.
+    Dicom,
+    /// A .npy volume or slice, a folder of .npy slices, or an AAPM-layout folder
+    /// (copied and converted to HU, split kept).
+    Npy,
+    /// A raw volume (needs --shape).
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    I16,
+    U16,
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndianArg {
+    Little,
+    Big,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Kind of source.
+    #[arg(long, value_enum)]
+    pub source: SourceArg,
+    /// The source path (optional for invesalius).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Raw volume shape: SLICES,ROWS,COLS.
+    #[arg(long, value_delimiter = ',')]
+    pub shape: Option<Vec<usize>>,
+    /// Raw sample type.
+    #[arg(long, value_enum, default_value = "i16")]
+    pub dtype: DtypeArg,
+    /// Raw byte order.
+    #[arg(long, value_enum, default_value = "little")]
+    pub endian: EndianArg,
+    /// Raw header bytes to skip.
+    #[arg(long, default_value_t = 0)]
+    pub header_bytes: usize,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fraction of the slices in the test block.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Slices left out on each side of the test block.
+    #[arg(long, default_value_t = 3)]
+    pub gap: usize,
+    /// Rebuild even when dataset.json says the dataset is up to date.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub sim: SimOptions,
+}
+
+pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
+    match cmd {
+        DatasetCommand::Import(args) => run_import(args),
+    }
+}
+
+fn run_import(args: ImportArgs) -> anyhow::Result<()> {
+    let need_input = |what: &str| {
+        args.input
+            .clone()
+            .with_context(|| format!("--source {what} needs --input"))
+    };
+    let source = match args.source {
+        SourceArg::Invesalius => Source::Invesalius(args.input.clone()),
+        SourceArg::Dicom => Source::Dicom(need_input("dicom")?),
+        SourceArg::Npy => Source::Npy(need_input("npy")?),
+        SourceArg::Raw => {
+            let Some(shape) = args.shape.as_deref() else {
+                bail!("--source raw needs --shape SLICES,ROWS,COLS");
+            };
+            let [s, r, c] = shape else {
+                bail!("--shape takes three numbers: SLICES,ROWS,COLS");
+            };
+            Source::Raw {
+                path: need_input("raw")?,
+                shape: [*s, *r, *c],
+                dtype: match args.dtype {
+                    DtypeArg::I16 => RawDtype::I16,
+                    DtypeArg::U16 => RawDtype::U16,
+                    DtypeArg::F32 => RawDtype::F32,
+                },
+                endian: match args.endian {
+                    EndianArg::Little => Endian::Little,
+                    EndianArg::Big => Endian::Big,
+                },
+                header_bytes: args.header_bytes,
+            }
+        }
+    };
+    let opts = ImportOptions {
+        source,
+        out: args.out.clone(),
+        config: args.sim.config()?,
+        seed: args.sim.seed,
+        pixel_size: args.sim.pixel_size,
+        test_fraction: args.test_fraction,
+        gap: args.gap,
+        preset: args.sim.preset_name(),
+        force: args.force,
+    };
+    let summary = import(&opts)?;
+    if summary.up_to_date {
+        tracing::info!(
+            out = %args.out.display(),
+            train = summary.train,
+            test = summary.test,
+            "dataset already up to date (same source, settings and seed); --force rebuilds"
+        );
+    } else {
+        tracing::info!(
+            out = %args.out.display(),
+            train = summary.train,
+            test = summary.test,
+            seconds = format!("{:.1}", summary.seconds),
+            "dataset written"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Command-line interface of `ldct-train`: one module per subcommand, each with
+//! its clap `Args` and a `run` function.
+
+use clap::{Parser, Subcommand};
+
+pub mod convert;
+pub mod dataset;
+pub mod metrics;
+pub mod simulate;
+
+/// ldct trainer: low-dose CT simulation, datasets, training and evaluation.
+#[derive(Debug, Parser)]
+#[command(name = "ldct-train", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// PSNR / SSIM / RMSE of a test image against a reference in a HU window (one JSON line).
+    Metrics(metrics::MetricsArgs),
+    /// Convert a CT image or series (npy, DICOM file or folder, raw) to float32 HU .npy.
+    Convert(convert::ConvertArgs),
+    /// Simulate low-dose partners: fd/ and qd/ slices (HU .npy) from full-dose CT.
+    Simulate(simulate::SimulateArgs),
+    /// Build datasets in the AAPM layout ({train,test}/{fd,qd}).
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
+}
+
+impl Command {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Metrics(a) => metrics::run(a),
+            Command::Convert(a) => convert::run(a),
+            Command::Simulate(a) => simulate::run(a),
+            Command::Dataset(c) => dataset::run(c),
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
