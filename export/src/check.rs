@@ -48,7 +48,9 @@ fn check_float4d(name: &str, ty: &ValueType) -> Result<(), CheckError> {
     match ty {
         ValueType::Tensor { ty, shape, .. } => {
             if *ty != ort::value::TensorElementType::Float32 {
-                return Err(CheckError::Contract(format!("{name} is {ty:?}, not float32")));
+                return Err(CheckError::Contract(format!(
+                    "{name} is {ty:?}, not float32"
+                )));
             }
             if shape.len() != 4 {
                 return Err(CheckError::Contract(format!(
@@ -64,7 +66,9 @@ fn check_float4d(name: &str, ty: &ValueType) -> Result<(), CheckError> {
             }
             Ok(())
         }
-        other => Err(CheckError::Contract(format!("{name} is not a tensor: {other:?}"))),
+        other => Err(CheckError::Contract(format!(
+            "{name} is not a tensor: {other:?}"
+        ))),
     }
 }
 
@@ -115,11 +119,15 @@ pub fn check_model_dir(dir: &Path) -> Result<CheckReport, CheckError> {
         )));
     }
     if !y.iter().all(|v| v.is_finite()) {
-        return Err(CheckError::Contract("output has NaN or infinite values".into()));
+        return Err(CheckError::Contract(
+            "output has NaN or infinite values".into(),
+        ));
     }
     let (mn, mx) = y
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     Ok(CheckReport {
         name: model.manifest.name.clone(),
         version: model.manifest.version.clone(),

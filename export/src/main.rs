@@ -1,29 +1,107 @@
 //! `ldct-export`: model folders for the server.
 //!
-//! `ldct-export check --model DIR` verifies a model folder (manifest, checksum,
-//! ONNX Runtime load and a test run). Exporting trained checkpoints
-//! (`--run RUN --out DIR`) arrives with the trainer's architecture description.
+//! - `ldct-export --run RUN --out models/NAME [--name NAME] [--version V]
+//!   [--precision fp32|fp16]` exports a training run (`arch.json` +
+//!   `weights.safetensors`) as `model.onnx` + `manifest.json` and proves parity
+//!   against the Candle forward (non-zero exit when it fails).
+//! - `ldct-export export ...` is the same.
+//! - `ldct-export check --model DIR` verifies a model folder (manifest, checksum,
+//!   ONNX Runtime load and a test run).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use ldct_export::onnx_writer::InstanceNormForm;
+use ldct_export::{ExportOptions, Precision};
+use ldct_proto::manifest::Method;
 
 #[derive(Debug, Parser)]
-#[command(name = "ldct-export", version, about = "ldct model export and checks")]
+#[command(
+    name = "ldct-export",
+    about = "ldct model export and checks",
+    // `--version` is the model version of an export.
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    export: Option<ExportArgs>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Export a training run as a model folder (same as the top-level form).
+    Export(ExportArgs),
     /// Verify a model folder: manifest, SHA-256, loads and runs in ONNX Runtime.
     Check {
         /// Model folder holding model.onnx and manifest.json.
         #[arg(long)]
         model: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+struct ExportArgs {
+    /// Run folder with arch.json and weights.safetensors (train.toml, run.json,
+    /// metrics.csv, eval.json are read when present).
+    #[arg(long)]
+    run: PathBuf,
+    /// Model folder to write (model.onnx + manifest.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Model name (default: the out folder's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Model version.
+    #[arg(long, default_value = "1.0.0")]
+    version: String,
+    /// Weights and computation precision; input and output stay float32.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: Precision,
+    /// Instance norm of fp32 graphs: `f64` (float64 statistics from elementary
+    /// ops; ONNX Runtime's float32 kernel can miss the 1e-4 parity on CT slices)
+    /// or `native` (the InstanceNormalization op).
+    #[arg(long, default_value = "f64")]
+    instance_norm: InstanceNormForm,
+    /// Training method when the run folder does not say.
+    #[arg(long, default_value = "supervised", value_parser = parse_method)]
+    method: Method,
+    /// ONNX opset (17 to 21).
+    #[arg(long, default_value_t = ldct_proto::onnx::DEFAULT_OPSET)]
+    opset: i64,
+    /// Real CT slice for the parity check (DICOM, .npy, ...); default: pydicom's
+    /// CT_small.dcm from the project venv.
+    #[arg(long)]
+    parity_slice: Option<PathBuf>,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("method {s:?}: expected supervised, cyclegan, noise2score or iscl"))
+}
+
+fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let opts = ExportOptions {
+        name: a.name,
+        version: a.version,
+        precision: a.precision,
+        instance_norm: a.instance_norm,
+        method: a.method,
+        opset: a.opset,
+        parity_slice: a.parity_slice,
+        ..ExportOptions::new(a.run, a.out)
+    };
+    let report = ldct_export::export_run(&opts)
+        .with_context(|| format!("exporting {} to {}", opts.run.display(), opts.out.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,11 +112,18 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Check { model } => {
+    let cli = Cli::parse();
+    match (cli.command, cli.export) {
+        (Some(Command::Check { model }), _) => {
             let report = ldct_export::check::check_model_dir(&model)
                 .with_context(|| format!("checking model folder {}", model.display()))?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        (Some(Command::Export(a)), _) | (None, Some(a)) => export(a)?,
+        (None, None) => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            std::process::exit(2);
         }
     }
     Ok(())

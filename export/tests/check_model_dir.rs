@@ -12,14 +12,25 @@ use prost::Message;
 
 /// output = input * 0.5 (a "denoiser" that halves), with the given io names.
 fn model(input: &str, output: &str, channels: i64) -> Vec<u8> {
-    let ty = || onnx::tensor_type(DataType::Float, &[Err("N"), Ok(channels), Err("H"), Err("W")]);
+    let ty = || {
+        onnx::tensor_type(
+            DataType::Float,
+            &[Err("N"), Ok(channels), Err("H"), Err("W")],
+        )
+    };
     onnx::ModelProto {
         ir_version: onnx::IR_VERSION,
         opset_import: vec![onnx::default_opset(17)],
         producer_name: "test".into(),
         graph: Some(onnx::GraphProto {
             name: "half".into(),
-            node: vec![onnx::node("Mul", "mul", &[input, "half"], &[output], vec![])],
+            node: vec![onnx::node(
+                "Mul",
+                "mul",
+                &[input, "half"],
+                &[output],
+                vec![],
+            )],
             initializer: vec![onnx::f32_tensor("half", &[], &[0.5])],
             input: vec![onnx::value_info(input, ty())],
             output: vec![onnx::value_info(output, ty())],

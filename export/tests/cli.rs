@@ -1,0 +1,92 @@
+//! The `ldct-export` binary: the top-level form, the `export` subcommand,
+//! `check`, and a clear non-zero exit on a bad run folder.
+
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use ldct_proto::arch::{Arch, Preset, RedcnnConfig};
+use ldct_proto::manifest::Manifest;
+use ldct_train::model::{Init, Network};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ldct-export"))
+}
+
+#[test]
+fn top_level_and_subcommand_forms_export_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig {
+        filters: 3,
+        kernel: 3,
+    }))
+    .unwrap();
+    let net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), 5).unwrap();
+    net.randomise_for_testing(5).unwrap();
+    let run = tmp.path().join("run");
+    net.save_dir(&run).unwrap();
+    std::fs::write(run.join("train.toml"), "method = \"noise2score\"\n").unwrap();
+    std::fs::write(run.join("metrics.csv"), "epoch,val_psnr\n1,33.5\n").unwrap();
+
+    let out = tmp.path().join("models/red");
+    let o = bin()
+        .args([
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--version", "2.1.0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["parity"]["max_abs_diff"].as_f64().unwrap() <= 1e-4);
+    let m = Manifest::from_file(&out.join("manifest.json")).unwrap();
+    assert_eq!(m.name, "red");
+    assert_eq!(m.version, "2.1.0");
+    assert_eq!(m.method.to_string(), "noise2score");
+    assert_eq!(m.metrics["val_psnr"], 33.5);
+    assert_eq!(m.onnx.precision, "fp32");
+
+    let out16 = tmp.path().join("models/red16");
+    let o = bin()
+        .args([
+            "export",
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out16.to_str().unwrap(),
+        ])
+        .args(["--name", "red-half", "--precision", "fp16"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m16 = Manifest::from_file(&out16.join("manifest.json")).unwrap();
+    assert_eq!(m16.name, "red-half");
+    assert_eq!(m16.onnx.precision, "fp16");
+
+    let o = bin()
+        .args(["check", "--model", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_missing_run_is_a_clear_non_zero_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["--run", tmp.path().join("nope").to_str().unwrap()])
+        .args(["--out", tmp.path().join("m").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nope") && err.contains("arch.json"), "{err}");
+    let o = bin()
+        .args(["--run", "x", "--out", "y", "--precision", "int8"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("int8"));
+}
