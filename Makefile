@@ -45,8 +45,10 @@ clippy:
 cargo-test: setup
 	$(RUN_ENV) $(CARGO) test --workspace
 
+# Builds the binaries the Python tests run, with the same feature set as
+# `cargo test --workspace` (so nothing is compiled twice).
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-run
 
 pytest: setup build
 	$(RUN_ENV) $(PYTHON) -m pytest -q tests/python

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -50,32 +51,106 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Paths of real CT DICOM files from the venv's pydicom and pydicom-data
-/// packages: pydicom's `CT_small.dcm` and pydicom-data's real 512x512 CT slices.
+/// The folders of DICOM test files shipped by the venv's packages, in this order:
+/// pydicom's `pydicom/data/test_files` and pydicom-data's `data_store/data` (the latter
+/// only when pydicom-data is installed). Found without importing pydicom-data and without
+/// pydicom's `get_testdata_file(s)`, which may try to download (and hang offline).
+pub fn dicom_test_dirs() -> Vec<PathBuf> {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        let out = run_python(DICOM_DIRS_SCRIPT, &[]);
+        let dirs: Vec<PathBuf> = out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        assert!(
+            !dirs.is_empty(),
+            "pydicom's test_files folder was not found in the venv"
+        );
+        dirs
+    })
+    .clone()
+}
+
+const DICOM_DIRS_SCRIPT: &str = r#"
+import importlib.util, os
+import pydicom
+dirs = [os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")]
+spec = importlib.util.find_spec("data_store")  # pydicom-data; find_spec does not import it
+if spec is not None and spec.submodule_search_locations:
+    dirs.append(os.path.join(list(spec.submodule_search_locations)[0], "data"))
+for d in dirs:
+    if os.path.isdir(d):
+        print(d)
+"#;
+
+/// A DICOM test file of pydicom or pydicom-data by file name (e.g. `CT_small.dcm`).
+/// Panics (fails the test) when the venv does not have it.
+pub fn dicom_test_file(name: &str) -> PathBuf {
+    let dirs = dicom_test_dirs();
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is in none of {dirs:?}: is pydicom-data installed?"))
+}
+
+/// Every real CT image file in the venv's pydicom and pydicom-data test folders: files
+/// whose Modality is CT and that have Pixel Data (pydicom decides), in folder then name
+/// order. Includes single-frame slices (`CT_small.dcm`, pydicom-data's 512x512 `693_*`
+/// slices in uncompressed and JPEG 2000 forms, `bad_sequence.dcm`, ...) and the Enhanced
+/// CT `eCT_Supplemental.dcm` (2 frames); see [`real_ct_slice_files`] for single frames
+/// only. Panics when none is found.
 pub fn real_ct_files() -> Vec<PathBuf> {
-    let out = run_python(REAL_CT_SCRIPT, &[]);
-    let files: Vec<PathBuf> = out.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
-    assert!(!files.is_empty(), "no real CT files found in the venv's pydicom data");
+    let files: Vec<PathBuf> = real_ct_listing().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        !files.is_empty(),
+        "no real CT files found in the venv's pydicom data"
+    );
     files
 }
 
-/// Lists every CT image file shipped by pydicom / pydicom-data, one path a line.
-/// Only files that exist locally (pydicom-data ships them in the wheel) are listed.
+/// The single-frame files of [`real_ct_files`].
+pub fn real_ct_slice_files() -> Vec<PathBuf> {
+    real_ct_listing()
+        .into_iter()
+        .filter(|(_, frames)| *frames == 1)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+fn real_ct_listing() -> Vec<(PathBuf, u32)> {
+    static LIST: OnceLock<Vec<(PathBuf, u32)>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let dirs: Vec<String> = dicom_test_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let args: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        run_python(REAL_CT_SCRIPT, &args)
+            .lines()
+            .filter_map(|l| {
+                let (p, n) = l.split_once('\t')?;
+                Some((PathBuf::from(p), n.trim().parse().ok()?))
+            })
+            .collect()
+    })
+    .clone()
+}
+
+/// Prints `path<TAB>frames` for every CT image file in the folders given as arguments.
 pub const REAL_CT_SCRIPT: &str = r#"
-import os, pydicom
-from pydicom.data import get_testdata_file
-names = ["CT_small.dcm", "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm", "693_J2KI.dcm"]
-seen = set()
-for n in names:
-    try:
-        p = get_testdata_file(n, download=False)
-    except TypeError:
-        p = get_testdata_file(n)
-    except Exception:
-        p = None
-    if p and os.path.exists(p) and p not in seen:
-        seen.add(p)
-        print(p)
+import glob, os, sys, warnings
+warnings.simplefilter("ignore")
+import pydicom
+for d in sys.argv[1:]:
+    for p in sorted(glob.glob(os.path.join(d, "*.dcm"))):
+        try:
+            ds = pydicom.dcmread(p, defer_size=1024)
+        except Exception:
+            continue
+        if ds.get("Modality") == "CT" and "PixelData" in ds:
+            print(f"{p}\t{int(ds.get('NumberOfFrames', 1) or 1)}")
 "#;
 
 /// A path of a binary built by cargo for this workspace (same profile as the test).

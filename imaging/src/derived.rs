@@ -1,0 +1,636 @@
+//! The derived DICOM instance written for a denoised CT slice (the DESIGN.md contract).
+//!
+//! Starting from the source data set, the derived instance
+//!
+//! - keeps every Patient, Study, Frame of Reference, equipment and geometry attribute
+//!   (Image Position / Orientation, Pixel Spacing, Slice Thickness, ...) and the source's
+//!   Rescale Slope / Intercept;
+//! - gets a new SOP Instance UID and a new Series Instance UID, both deterministic
+//!   ("2.25." UUID-form UIDs from a SHA-256 of the source UID, the model name and the
+//!   model version): the SOP Instance UID from the source SOP Instance UID, the Series
+//!   Instance UID from the source Series Instance UID (every slice of a source series
+//!   denoised by one model version lands in one derived series), so a retried request
+//!   never creates a duplicate;
+//! - Image Type `DERIVED\SECONDARY` (later values of the source's Image Type, e.g.
+//!   `AXIAL`, are kept), a Derivation Description naming the model, a Source Image
+//!   Sequence referencing the source SOP Class / Instance, a Contributing Equipment
+//!   Sequence (manufacturer `ldct`, model name, software version = model version),
+//!   Series Description `"<source description> [ldct <model> <version>]"`;
+//! - pixel data written uncompressed (explicit VR little endian, 16 bits allocated,
+//!   the source's Bits Stored and Pixel Representation), stored value =
+//!   `round((HU - intercept) / slope)` clamped to the stored range.
+//!
+//! Single-frame images only (one CT slice per instance).
+
+use dicom_core::value::{DataSetSequence, PrimitiveValue, C};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
+use ldct_proto::model_dir::sha256_hex;
+use ndarray::Array2;
+
+use crate::dicom::{decode_object, parse_dicom_bytes, DicomMeta};
+use crate::error::{ImagingError, Result};
+
+/// Explicit VR Little Endian.
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// Manufacturer written in the Contributing Equipment Sequence.
+pub const MANUFACTURER: &str = "ldct";
+/// Implementation Class UID of files ldct writes ("2.25." form, fixed).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.173626946114326655725853596530633465731";
+
+/// The model that produced the pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct DerivedModel<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+}
+
+/// A derived instance: the Part 10 file bytes and its new UIDs.
+#[derive(Debug, Clone)]
+pub struct DerivedInstance {
+    pub bytes: Vec<u8>,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_class_uid: String,
+}
+
+/// A "2.25." UID (a UUID, version 8, as one decimal integer) from a SHA-256 of `kind`
+/// and `parts`. Valid UID syntax, at most 44 characters.
+pub fn hashed_uid(kind: &str, parts: &[&str]) -> String {
+    let mut msg = format!("ldct\0{kind}");
+    for p in parts {
+        msg.push('\0');
+        msg.push_str(p);
+    }
+    // First 128 bits of the digest (lower-case hex, always 64 digits).
+    let hex = sha256_hex(msg.as_bytes());
+    let mut v = u128::from_str_radix(&hex[..32], 16).unwrap_or_default();
+    // UUID version 8 (custom) and the RFC 4122 variant.
+    v = (v & !(0xf_u128 << 76)) | (0x8_u128 << 76);
+    v = (v & !(0x3_u128 << 62)) | (0x2_u128 << 62);
+    format!("2.25.{v}")
+}
+
+/// The derived SOP Instance UID of a source instance denoised by a model version.
+pub fn derived_sop_instance_uid(source_sop_instance_uid: &str, model: DerivedModel<'_>) -> String {
+    hashed_uid(
+        "instance",
+        &[source_sop_instance_uid.trim(), model.name, model.version],
+    )
+}
+
+/// The derived Series Instance UID of a source series denoised by a model version.
+pub fn derived_series_instance_uid(source_series_uid: &str, model: DerivedModel<'_>) -> String {
+    hashed_uid(
+        "series",
+        &[source_series_uid.trim(), model.name, model.version],
+    )
+}
+
+/// Parses `source` (a DICOM file), then [`derive`].
+pub fn derive_from_bytes(
+    source: &[u8],
+    denoised_hu: &Array2<f32>,
+    model: DerivedModel<'_>,
+) -> Result<DerivedInstance> {
+    let obj = parse_dicom_bytes(source)?;
+    let meta = decode_object(&obj)?.meta;
+    derive(&obj, &meta, denoised_hu, model)
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| {
+            s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+}
+
+fn strs(values: Vec<String>) -> PrimitiveValue {
+    PrimitiveValue::Strs(C::from_vec(values))
+}
+
+fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+        DataElement::new(
+            tags::CODING_SCHEME_DESIGNATOR,
+            VR::SH,
+            PrimitiveValue::from(scheme),
+        ),
+        DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+    ])
+}
+
+/// Truncates to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Stored values for HU under a rescale, clamped to the range of `bits` bits
+/// (two's complement when `signed`), as the 16-bit words of the pixel data.
+pub fn stored_words(
+    hu: &Array2<f32>,
+    slope: f64,
+    intercept: f64,
+    bits: u16,
+    signed: bool,
+) -> Vec<u16> {
+    let bits = bits.clamp(1, 16) as i32;
+    let (lo, hi) = if signed {
+        (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+    } else {
+        (0, (1i64 << bits) - 1)
+    };
+    hu.iter()
+        .map(|&v| {
+            let s = ((f64::from(v) - intercept) / slope).round();
+            let s = if s.is_nan() {
+                0
+            } else {
+                (s as i64).clamp(lo, hi)
+            };
+            // `s` lies in the stored range: two's complement in 16 bits when signed.
+            if signed {
+                s as i16 as u16
+            } else {
+                s as u16
+            }
+        })
+        .collect()
+}
+
+/// Builds the derived instance of `source` (decoded as `meta`) with pixels
+/// `denoised_hu` (see the module docs).
+pub fn derive(
+    source: &DefaultDicomObject,
+    meta: &DicomMeta,
+    denoised_hu: &Array2<f32>,
+    model: DerivedModel<'_>,
+) -> Result<DerivedInstance> {
+    if meta.frames != 1 {
+        return Err(ImagingError::DicomUnsupported(format!(
+            "derived instances are written for single-frame images; this one has {} frames",
+            meta.frames
+        )));
+    }
+    let (rows, cols) = denoised_hu.dim();
+    if (rows, cols) != (meta.rows as usize, meta.cols as usize) {
+        return Err(ImagingError::SizeMismatch {
+            a: (meta.rows as usize, meta.cols as usize),
+            b: (rows, cols),
+        });
+    }
+    let slope = meta.rescale_slope;
+    let intercept = meta.rescale_intercept;
+    if !(slope.is_finite() && slope != 0.0 && intercept.is_finite()) {
+        return Err(ImagingError::DicomUnsupported(format!(
+            "rescale slope {slope} / intercept {intercept} cannot be inverted"
+        )));
+    }
+    if model.name.is_empty() || model.version.is_empty() {
+        return Err(ImagingError::Invalid(
+            "model name and version must be non-empty".into(),
+        ));
+    }
+    let source_sop = meta.sop_instance_uid.trim().to_owned();
+    if source_sop.is_empty() {
+        return Err(ImagingError::DicomUnsupported(
+            "the source has no SOP Instance UID".into(),
+        ));
+    }
+    let sop_class = meta.sop_class_uid.trim().to_owned();
+    let sop_uid = derived_sop_instance_uid(&source_sop, model);
+    let series_uid = derived_series_instance_uid(
+        meta.series_instance_uid.as_deref().unwrap_or(&source_sop),
+        model,
+    );
+
+    let mut obj: InMemDicomObject = (**source).clone();
+
+    // Identity of the new instance and series.
+    obj.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(sop_uid.as_str()),
+    ));
+    obj.put(DataElement::new(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(sop_class.as_str()),
+    ));
+    obj.put(DataElement::new(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(series_uid.as_str()),
+    ));
+    let mut image_type = vec!["DERIVED".to_owned(), "SECONDARY".to_owned()];
+    if let Some(e) = source.element_opt(tags::IMAGE_TYPE).ok().flatten() {
+        if let Ok(values) = e.to_multi_str() {
+            image_type.extend(values.iter().skip(2).map(|v| v.trim().to_owned()));
+        }
+    }
+    obj.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, strs(image_type)));
+    let suffix = format!("[ldct {} {}]", model.name, model.version);
+    let description = match text(&obj, tags::SERIES_DESCRIPTION) {
+        Some(d) => {
+            let room = 64usize.saturating_sub(suffix.len() + 1);
+            format!("{} {suffix}", truncate(&d, room))
+        }
+        None => suffix.clone(),
+    };
+    obj.put(DataElement::new(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        PrimitiveValue::from(truncate(&description, 64).trim()),
+    ));
+    obj.put(DataElement::new(
+        tags::DERIVATION_DESCRIPTION,
+        VR::ST,
+        PrimitiveValue::from(format!(
+            "Denoised by ldct model {} version {} (low-dose CT denoising network)",
+            model.name, model.version
+        )),
+    ));
+
+    // Where the pixels came from, and who changed them.
+    let mut source_ref = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_class.as_str()),
+        ),
+        DataElement::new(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(source_sop.as_str()),
+        ),
+    ]);
+    source_ref.put(DataElement::new(
+        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![code_item(
+            "121322",
+            "DCM",
+            "Source image for image processing operation",
+        )]),
+    ));
+    obj.put(DataElement::new(
+        tags::SOURCE_IMAGE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![source_ref]),
+    ));
+    let equipment = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::MANUFACTURER,
+            VR::LO,
+            PrimitiveValue::from(MANUFACTURER),
+        ),
+        DataElement::new(
+            tags::MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            PrimitiveValue::from(truncate(model.name, 64)),
+        ),
+        DataElement::new(
+            tags::SOFTWARE_VERSIONS,
+            VR::LO,
+            PrimitiveValue::from(truncate(model.version, 64)),
+        ),
+        DataElement::new(
+            tags::CONTRIBUTION_DESCRIPTION,
+            VR::ST,
+            PrimitiveValue::from(format!(
+                "Noise reduction by ldct model {} version {}",
+                model.name, model.version
+            )),
+        ),
+        DataElement::new(
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![code_item("109102", "DCM", "Processing Equipment")]),
+        ),
+    ]);
+    let mut contributing: Vec<InMemDicomObject> = source
+        .element_opt(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items().map(|items| items.to_vec()))
+        .unwrap_or_default();
+    contributing.push(equipment);
+    obj.put(DataElement::new(
+        tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(contributing),
+    ));
+
+    // Pixels: native 16-bit words, the source's sample format and rescale.
+    let bits = meta.bits_stored.clamp(1, 16);
+    let words = stored_words(denoised_hu, slope, intercept, bits, meta.signed);
+    let u16_value = |v: u16| PrimitiveValue::U16(C::from_vec(vec![v]));
+    obj.put(DataElement::new(
+        tags::SAMPLES_PER_PIXEL,
+        VR::US,
+        u16_value(1),
+    ));
+    obj.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        u16_value(meta.rows as u16),
+    ));
+    obj.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        u16_value(meta.cols as u16),
+    ));
+    obj.put(DataElement::new(
+        tags::BITS_ALLOCATED,
+        VR::US,
+        u16_value(16),
+    ));
+    obj.put(DataElement::new(tags::BITS_STORED, VR::US, u16_value(bits)));
+    obj.put(DataElement::new(
+        tags::HIGH_BIT,
+        VR::US,
+        u16_value(bits - 1),
+    ));
+    obj.put(DataElement::new(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        u16_value(u16::from(meta.signed)),
+    ));
+    obj.put(DataElement::new(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        PrimitiveValue::from(meta.photometric_interpretation.as_str()),
+    ));
+    obj.put(DataElement::new(
+        tags::RESCALE_SLOPE,
+        VR::DS,
+        PrimitiveValue::from(format_ds(slope)),
+    ));
+    obj.put(DataElement::new(
+        tags::RESCALE_INTERCEPT,
+        VR::DS,
+        PrimitiveValue::from(format_ds(intercept)),
+    ));
+    if text(&obj, tags::RESCALE_TYPE).is_none() {
+        obj.put(DataElement::new(
+            tags::RESCALE_TYPE,
+            VR::LO,
+            PrimitiveValue::from("HU"),
+        ));
+    }
+    for stale in [
+        tags::NUMBER_OF_FRAMES,
+        tags::PLANAR_CONFIGURATION,
+        tags::SMALLEST_IMAGE_PIXEL_VALUE,
+        tags::LARGEST_IMAGE_PIXEL_VALUE,
+        tags::SMALLEST_PIXEL_VALUE_IN_SERIES,
+        tags::LARGEST_PIXEL_VALUE_IN_SERIES,
+        tags::EXTENDED_OFFSET_TABLE,
+        tags::EXTENDED_OFFSET_TABLE_LENGTHS,
+        tags::FLOAT_PIXEL_DATA,
+        tags::DOUBLE_FLOAT_PIXEL_DATA,
+    ] {
+        obj.remove_element(stale);
+    }
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(C::from_vec(words)),
+    ));
+
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(EXPLICIT_VR_LE)
+                .media_storage_sop_class_uid(sop_class.as_str())
+                .media_storage_sop_instance_uid(sop_uid.as_str())
+                .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+                .implementation_version_name(concat!("LDCT_", env!("CARGO_PKG_VERSION"))),
+        )
+        .map_err(|e| ImagingError::DicomWrite(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(rows * cols * 2 + 4096);
+    file.write_all(&mut bytes)
+        .map_err(|e| ImagingError::DicomWrite(e.to_string()))?;
+    Ok(DerivedInstance {
+        bytes,
+        sop_instance_uid: sop_uid,
+        series_instance_uid: series_uid,
+        sop_class_uid: sop_class,
+    })
+}
+
+/// A decimal string (DS, at most 16 characters) for a rescale value.
+fn format_ds(v: f64) -> String {
+    let plain = format!("{v}");
+    if plain.len() <= 16 {
+        return plain;
+    }
+    for prec in (1..=10).rev() {
+        let s = format!("{v:.prec$e}");
+        if s.len() <= 16 {
+            return s;
+        }
+    }
+    format!("{v:.0}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: DerivedModel<'static> = DerivedModel {
+        name: "tiny",
+        version: "0.1.0",
+    };
+
+    #[test]
+    fn uids_are_deterministic_valid_and_distinct() {
+        let a = derived_sop_instance_uid("1.2.3.4", MODEL);
+        assert_eq!(a, derived_sop_instance_uid("1.2.3.4", MODEL));
+        assert_ne!(a, derived_sop_instance_uid("1.2.3.5", MODEL));
+        assert_ne!(
+            a,
+            derived_sop_instance_uid(
+                "1.2.3.4",
+                DerivedModel {
+                    name: "tiny",
+                    version: "0.2.0"
+                }
+            )
+        );
+        assert_ne!(a, derived_series_instance_uid("1.2.3.4", MODEL));
+        for uid in [a, derived_series_instance_uid("9.8.7", MODEL)] {
+            assert!(uid.len() <= 64, "{uid}");
+            assert!(uid.starts_with("2.25."));
+            let digits = &uid[5..];
+            assert!(digits.chars().all(|c| c.is_ascii_digit()));
+            assert!(!digits.starts_with('0'));
+        }
+    }
+
+    #[test]
+    fn stored_values_round_and_clamp() {
+        let hu =
+            Array2::from_shape_vec((1, 5), vec![-1024.0, -1000.4, 0.6, 5000.0, -40000.0]).unwrap();
+        // Unsigned 12 bit, intercept -1024: stored = HU + 1024 in [0, 4095].
+        assert_eq!(
+            stored_words(&hu, 1.0, -1024.0, 12, false),
+            vec![0, 24, 1025, 4095, 0]
+        );
+        // Signed 16 bit, intercept 0.
+        let w = stored_words(&hu, 1.0, 0.0, 16, true);
+        let s: Vec<i16> = w.iter().map(|&v| v as i16).collect();
+        assert_eq!(s, vec![-1024, -1000, 1, 5000, -32768]);
+        // Slope 0.5: stored = 2 HU.
+        let hu = Array2::from_shape_vec((1, 2), vec![10.0, -10.2]).unwrap();
+        let s: Vec<i16> = stored_words(&hu, 0.5, 0.0, 16, true)
+            .iter()
+            .map(|&v| v as i16)
+            .collect();
+        assert_eq!(s, vec![20, -20]);
+    }
+
+    #[test]
+    fn decimal_strings_fit_sixteen_characters() {
+        assert_eq!(format_ds(1.0), "1");
+        assert_eq!(format_ds(-1024.0), "-1024");
+        assert!(format_ds(0.123_456_789_012_345_67).len() <= 16);
+        assert!(format_ds(-1.234_567_890_123e-7).len() <= 16);
+    }
+
+    /// A small single-frame CT instance (implicit VR little endian, 12-bit unsigned,
+    /// intercept -1024) written with dicom-object.
+    fn source_ct() -> Vec<u8> {
+        use dicom_dictionary_std::uids;
+        let (rows, cols) = (6u16, 5u16);
+        let pixels: Vec<u16> = (0..rows * cols).map(|i| 1000 + i * 7).collect();
+        let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+        let u =
+            |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::U16(C::from_vec(vec![v])));
+        let obj = InMemDicomObject::from_element_iter([
+            s(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
+            s(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5.6"),
+            s(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            s(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4.5"),
+            s(tags::FRAME_OF_REFERENCE_UID, VR::UI, "1.2.3.9"),
+            s(tags::PATIENT_ID, VR::LO, "P1"),
+            s(tags::MODALITY, VR::CS, "CT"),
+            DataElement::new(
+                tags::IMAGE_TYPE,
+                VR::CS,
+                strs(vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()]),
+            ),
+            s(tags::SERIES_DESCRIPTION, VR::LO, "Head 5mm"),
+            s(tags::PIXEL_SPACING, VR::DS, "0.5\\0.5"),
+            s(tags::RESCALE_SLOPE, VR::DS, "1"),
+            s(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+            u(tags::SAMPLES_PER_PIXEL, 1),
+            s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+            u(tags::ROWS, rows),
+            u(tags::COLUMNS, cols),
+            u(tags::BITS_ALLOCATED, 16),
+            u(tags::BITS_STORED, 12),
+            u(tags::HIGH_BIT, 11),
+            u(tags::PIXEL_REPRESENTATION, 0),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::U16(C::from_vec(pixels)),
+            ),
+        ]);
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::IMPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap();
+        let mut out = Vec::new();
+        file.write_all(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn derived_instance_round_trips_through_the_reader() {
+        let src = source_ct();
+        let source = crate::dicom::read_dicom_bytes(&src).unwrap();
+        let hu_in = &source.frames[0].hu;
+        assert_eq!(hu_in[[0, 0]], -24.0);
+        // "Denoised": shifted by 10.4 HU, one value far below the stored range.
+        let mut hu = hu_in.mapv(|v| v + 10.4);
+        hu[[5, 4]] = -5000.0;
+        let d = derive_from_bytes(&src, &hu, MODEL).unwrap();
+        let back = crate::dicom::read_dicom_bytes(&d.bytes).unwrap();
+        let m = &back.meta;
+        assert_eq!(m.transfer_syntax_uid, EXPLICIT_VR_LE);
+        assert_eq!(m.sop_instance_uid, d.sop_instance_uid);
+        assert_eq!(
+            m.sop_instance_uid,
+            derived_sop_instance_uid("1.2.3.4.5.6", MODEL)
+        );
+        assert_eq!(
+            m.series_instance_uid.as_deref(),
+            Some(derived_series_instance_uid("1.2.3.4.5", MODEL).as_str())
+        );
+        assert_eq!(m.study_instance_uid.as_deref(), Some("1.2.3.4"));
+        assert_eq!((m.rescale_slope, m.rescale_intercept), (1.0, -1024.0));
+        assert_eq!((m.bits_stored, m.signed), (12, false));
+        assert_eq!(back.frames[0].pixel_spacing, Some([0.5, 0.5]));
+        let out = &back.frames[0].hu;
+        for ((y, x), &v) in out.indexed_iter() {
+            let want = if (y, x) == (5, 4) {
+                -1024.0
+            } else {
+                (hu[[y, x]]).round()
+            };
+            assert_eq!(v, want, "at {y},{x}");
+        }
+        let obj = parse_dicom_bytes(&d.bytes).unwrap();
+        let image_type = obj
+            .element(tags::IMAGE_TYPE)
+            .unwrap()
+            .to_multi_str()
+            .unwrap()
+            .to_vec();
+        assert_eq!(image_type, ["DERIVED", "SECONDARY", "AXIAL"]);
+        assert_eq!(
+            text(&obj, tags::SERIES_DESCRIPTION).unwrap(),
+            "Head 5mm [ldct tiny 0.1.0]"
+        );
+        assert_eq!(text(&obj, tags::FRAME_OF_REFERENCE_UID).unwrap(), "1.2.3.9");
+        assert_eq!(text(&obj, tags::PATIENT_ID).unwrap(), "P1");
+        assert!(text(&obj, tags::DERIVATION_DESCRIPTION)
+            .unwrap()
+            .contains("tiny"));
+        let src_ref = &obj
+            .element(tags::SOURCE_IMAGE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        assert_eq!(
+            text(src_ref, tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
+            "1.2.3.4.5.6"
+        );
+        let eq = &obj
+            .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        assert_eq!(text(eq, tags::MANUFACTURER).unwrap(), "ldct");
+        assert_eq!(text(eq, tags::SOFTWARE_VERSIONS).unwrap(), "0.1.0");
+        // A retry derives byte-identical output.
+        assert_eq!(derive_from_bytes(&src, &hu, MODEL).unwrap().bytes, d.bytes);
+        // Wrong size is an error, not a panic.
+        assert!(derive_from_bytes(&src, &Array2::zeros((2, 2)), MODEL).is_err());
+    }
+}

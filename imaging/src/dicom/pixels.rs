@@ -1,0 +1,316 @@
+//! Pixel data to stored values to HU, frame by frame.
+//!
+//! Native pixel data is read directly from the element (little or big endian, 8 / 16 /
+//! 32 bits allocated), RLE by [`super::rle`]. Other encapsulated pixel data goes through
+//! dicom-pixeldata's codecs (jpeg-decoder, the pure-Rust openjp2 port, deflate), each
+//! call under `catch_unwind`. Frames are decoded in parallel.
+//!
+//! Stored values follow pydicom 3 (`pixels/decoders/base.py`):
+//! - native, deflated, RLE and JPEG data: bits above BitsStored are discarded, and the value
+//!   sign-extended from bit BitsStored-1 when PixelRepresentation is 1;
+//! - JPEG 2000: samples are taken as decoded, unless the codestream's signedness (SIZ
+//!   marker) disagrees with PixelRepresentation, in which case the sample is
+//!   re-interpreted at the codestream's precision (pydicom's `apply_j2k_sign_correction`;
+//!   e.g. `J2K_pixelrep_mismatch.dcm`: PixelRepresentation 1 with an unsigned 13-bit
+//!   codestream, so 6192 becomes -2000).
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use dicom_core::value::{DicomValueType, PrimitiveValue, Value};
+use dicom_dictionary_std::tags;
+use dicom_object::DefaultDicomObject;
+use dicom_pixeldata::PixelDecoder;
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use super::fragments::{frame_data, frame_head, Header};
+use super::parse::{describe, panic_message};
+use super::Rescale;
+use crate::error::{ImagingError, Result};
+
+/// How a transfer syntax stores pixel data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Native {
+        big_endian: bool,
+    },
+    Jpeg,
+    Jpeg2000,
+    /// RLE Lossless, decoded by [`super::rle`].
+    Rle,
+    /// Deflated frames, encapsulated uncompressed: little-endian output, no quirks.
+    OtherEncapsulated,
+}
+
+impl Codec {
+    /// The codec of a transfer syntax, or None when it is not supported.
+    pub(crate) fn of(ts: &str) -> Option<Codec> {
+        let c = match ts {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.1.99" => {
+                Codec::Native { big_endian: false }
+            }
+            "1.2.840.10008.1.2.2" => Codec::Native { big_endian: true },
+            "1.2.840.10008.1.2.4.50"
+            | "1.2.840.10008.1.2.4.51"
+            | "1.2.840.10008.1.2.4.57"
+            | "1.2.840.10008.1.2.4.70" => Codec::Jpeg,
+            "1.2.840.10008.1.2.4.90"
+            | "1.2.840.10008.1.2.4.91"
+            | "1.2.840.10008.1.2.4.92"
+            | "1.2.840.10008.1.2.4.93"
+            | "1.2.840.10008.1.2.4.201"
+            | "1.2.840.10008.1.2.4.202"
+            | "1.2.840.10008.1.2.4.203" => Codec::Jpeg2000,
+            "1.2.840.10008.1.2.5" => Codec::Rle,
+            "1.2.840.10008.1.2.1.98" | "1.2.840.10008.1.2.8.1" => Codec::OtherEncapsulated,
+            _ => return None,
+        };
+        Some(c)
+    }
+}
+
+/// The pixel module attributes that matter for decoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PixelFormat {
+    pub rows: usize,
+    pub cols: usize,
+    pub frames: usize,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+}
+
+impl PixelFormat {
+    fn bytes_per_sample(&self) -> usize {
+        usize::from(self.bits_allocated / 8)
+    }
+
+    fn frame_bytes(&self) -> usize {
+        self.rows * self.cols * self.bytes_per_sample()
+    }
+
+    /// Interprets a raw `bits_allocated`-bit word as a stored value with `bits`
+    /// significant bits (masked, or sign-extended when signed).
+    fn value(&self, raw: u32, bits: u16) -> i64 {
+        let shift = 32 - u32::from(bits.clamp(1, 32));
+        if self.signed {
+            i64::from(((raw << shift) as i32) >> shift)
+        } else {
+            i64::from((raw << shift) >> shift)
+        }
+    }
+}
+
+/// Decodes every frame to HU (`stored * slope + intercept` in f64, then f32).
+pub(crate) fn decode_frames(
+    obj: &DefaultDicomObject,
+    fmt: &PixelFormat,
+    codec: Codec,
+    rescale: &[Rescale],
+) -> Result<Vec<Array2<f32>>> {
+    let value = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| ImagingError::NotAnImage("no Pixel Data".into()))?
+        .value();
+    match (codec, value) {
+        (Codec::Native { big_endian }, Value::Primitive(p)) => {
+            let data = native_le_bytes(p, fmt, big_endian)?;
+            let need = fmt.frame_bytes() * fmt.frames;
+            if data.len() < need {
+                return Err(ImagingError::DicomCorrupt(format!(
+                    "Pixel Data holds {} bytes but {} frame(s) of {}x{} at {} bits need {need}: \
+                     the file is truncated",
+                    data.len(),
+                    fmt.frames,
+                    fmt.rows,
+                    fmt.cols,
+                    fmt.bits_allocated
+                )));
+            }
+            let fb = fmt.frame_bytes();
+            Ok((0..fmt.frames)
+                .into_par_iter()
+                .map(|f| {
+                    let frame = &data[f * fb..(f + 1) * fb];
+                    to_hu(
+                        frame,
+                        fmt,
+                        fmt.bits_stored,
+                        fmt.bytes_per_sample(),
+                        rescale[f],
+                    )
+                })
+                .collect())
+        }
+        (Codec::Native { .. }, _) => Err(ImagingError::DicomCorrupt(
+            "Pixel Data is encapsulated but the transfer syntax is native".into(),
+        )),
+        (_, Value::PixelSequence(seq)) => {
+            let fragments: Vec<&[u8]> = seq.fragments().iter().map(|f| f.as_slice()).collect();
+            let table = seq.offset_table();
+            (0..fmt.frames)
+                .into_par_iter()
+                .map(|f| {
+                    if codec == Codec::Rle {
+                        return decode_rle(&fragments, table, fmt, f, rescale[f]);
+                    }
+                    let head = frame_head(&fragments, table, fmt.frames, f, codec);
+                    decode_encapsulated(obj, fmt, codec, f, head, rescale[f])
+                })
+                .collect()
+        }
+        (_, _) => Err(ImagingError::DicomCorrupt(
+            "the transfer syntax is encapsulated but Pixel Data is not".into(),
+        )),
+    }
+}
+
+/// Native pixel data as little-endian sample bytes.
+///
+/// dicom-rs reads OW values as native u16 words (swapping big-endian files), OB as bytes.
+/// This assumes a little-endian host, as every supported target is.
+fn native_le_bytes<'a>(
+    p: &'a PrimitiveValue,
+    fmt: &PixelFormat,
+    be: bool,
+) -> Result<Cow<'a, [u8]>> {
+    let ba = fmt.bits_allocated;
+    let bytes = match p {
+        PrimitiveValue::U8(_) if be && ba > 8 => {
+            let mut v = p.to_bytes().into_owned();
+            for s in v.chunks_exact_mut(usize::from(ba / 8)) {
+                s.reverse();
+            }
+            Cow::Owned(v)
+        }
+        // 32-bit samples read as 16-bit words: swap the word pairs of a big-endian file.
+        PrimitiveValue::U16(_) | PrimitiveValue::I16(_) if be && ba == 32 => {
+            let mut v = p.to_bytes().into_owned();
+            for s in v.chunks_exact_mut(4) {
+                s.rotate_left(2);
+            }
+            Cow::Owned(v)
+        }
+        PrimitiveValue::U8(_)
+        | PrimitiveValue::U16(_)
+        | PrimitiveValue::I16(_)
+        | PrimitiveValue::U32(_)
+        | PrimitiveValue::I32(_) => p.to_bytes(),
+        PrimitiveValue::Empty => Cow::Borrowed(&[][..]),
+        other => {
+            return Err(ImagingError::DicomCorrupt(format!(
+                "Pixel Data has an unexpected value type {:?}",
+                other.value_type()
+            )))
+        }
+    };
+    Ok(bytes)
+}
+
+/// One frame of little-endian samples of `bps` bytes to HU, keeping `bits` bits of each.
+fn to_hu(data: &[u8], fmt: &PixelFormat, bits: u16, bps: usize, r: Rescale) -> Array2<f32> {
+    let hu = |raw: u32| (fmt.value(raw, bits) as f64 * r.slope + r.intercept) as f32;
+    let n = fmt.rows * fmt.cols;
+    let v: Vec<f32> = match bps {
+        1 => data[..n].iter().map(|&b| hu(u32::from(b))).collect(),
+        2 => data[..2 * n]
+            .chunks_exact(2)
+            .map(|c| hu(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+            .collect(),
+        _ => data[..4 * n]
+            .chunks_exact(4)
+            .map(|c| hu(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    };
+    Array2::from_shape_vec((fmt.rows, fmt.cols), v).expect("rows * cols samples")
+}
+
+fn decode_rle(
+    fragments: &[&[u8]],
+    table: &[u32],
+    fmt: &PixelFormat,
+    f: usize,
+    r: Rescale,
+) -> Result<Array2<f32>> {
+    let data = frame_data(fragments, table, fmt.frames, f).ok_or_else(|| {
+        ImagingError::DicomDecode(format!(
+            "frame {f}: cannot tell which of the {} fragments hold it",
+            fragments.len()
+        ))
+    })?;
+    let bps = fmt.bytes_per_sample();
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        super::rle::decode_frame(&data, fmt.rows * fmt.cols, bps)
+    }))
+    .map_err(|p| {
+        ImagingError::DicomDecode(format!(
+            "frame {f}: the RLE decoder panicked: {}",
+            panic_message(&*p)
+        ))
+    })?
+    .map_err(|e| match e {
+        ImagingError::DicomDecode(m) => ImagingError::DicomDecode(format!("frame {f}: {m}")),
+        other => other,
+    })?;
+    Ok(to_hu(&decoded, fmt, fmt.bits_stored, bps, r))
+}
+
+fn decode_encapsulated(
+    obj: &DefaultDicomObject,
+    fmt: &PixelFormat,
+    codec: Codec,
+    frame: usize,
+    head: Option<Header>,
+    r: Rescale,
+) -> Result<Array2<f32>> {
+    if let Some(h) = head {
+        if (h.width, h.height) != (fmt.cols, fmt.rows) || h.components != 1 {
+            return Err(ImagingError::DicomDecode(format!(
+                "frame {frame}: the codestream holds {}x{} pixels with {} component(s), but \
+                 Rows x Columns is {}x{} with 1 sample per pixel",
+                h.height, h.width, h.components, fmt.rows, fmt.cols
+            )));
+        }
+        if codec == Codec::Jpeg && h.lossy_jpeg && h.precision > 8 {
+            return Err(ImagingError::DicomUnsupported(format!(
+                "{}-bit lossy JPEG (extended process 2/4) is not supported by the JPEG decoder",
+                h.precision
+            )));
+        }
+    }
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(frame as u32)
+            .map(|d| d.into_data())
+    }))
+    .map_err(|p| {
+        ImagingError::DicomDecode(format!(
+            "frame {frame}: the decoder panicked: {}",
+            panic_message(&*p)
+        ))
+    })?
+    .map_err(|e| ImagingError::DicomDecode(format!("frame {frame}: {}", describe(&e))))?;
+
+    // jpeg-decoder yields one byte per sample for an 8-bit JPEG in 16 allocated bits.
+    let narrow =
+        codec == Codec::Jpeg && fmt.bits_allocated == 16 && head.is_some_and(|h| h.precision <= 8);
+    let bps = if narrow { 1 } else { fmt.bytes_per_sample() };
+    let need = fmt.rows * fmt.cols * bps;
+    if decoded.len() < need {
+        return Err(ImagingError::DicomDecode(format!(
+            "frame {frame}: the decoder returned {} bytes, expected {need}",
+            decoded.len()
+        )));
+    }
+    let bits = match (codec, head) {
+        // pydicom: no unused-bit correction for JPEG 2000, only the sign correction.
+        (Codec::Jpeg2000, Some(h))
+            if h.signed != fmt.signed && h.precision < fmt.bits_allocated =>
+        {
+            h.precision
+        }
+        (Codec::Jpeg2000, _) => fmt.bits_allocated,
+        _ => fmt.bits_stored,
+    };
+    Ok(to_hu(&decoded, fmt, bits, bps, r))
+}
