@@ -67,9 +67,26 @@ setup_venv() {
   echo "$want" >"$stamp"
 }
 
+# checkov (k8s/Dockerfile policy checks) lives in its own venv: its metadata pins
+# networkx<2.7 and packaging<24, which cannot be resolved together with
+# scikit-image (networkx>=3) and pytest (packaging>=24) in .venv.
+CHECKOV_VENV="$ROOT/.venv-checkov"
+CHECKOV_VERSION="3.3.30"
+
+setup_checkov() {
+  local stamp="$CHECKOV_VENV/.ldct-checkov-version"
+  if [ -x "$CHECKOV_VENV/bin/checkov" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CHECKOV_VERSION" ]; then
+    return 0
+  fi
+  log "installing checkov $CHECKOV_VERSION into $CHECKOV_VENV"
+  "$PYTHON" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  echo "$CHECKOV_VERSION" >"$stamp"
+}
+
 case "${1:-all}" in
-  --venv) setup_venv ;;
+  --venv) setup_venv; setup_checkov ;;
   --apt) setup_apt ;;
-  all | --all) setup_apt; setup_venv ;;
+  all | --all) setup_apt; setup_venv; setup_checkov ;;
   *) echo "usage: $0 [--venv|--apt]" >&2; exit 2 ;;
 esac

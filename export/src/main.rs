@@ -7,6 +7,12 @@
 //! - `ldct-export export ...` is the same.
 //! - `ldct-export check --model DIR` verifies a model folder (manifest, checksum,
 //!   ONNX Runtime load and a test run).
+//! - `ldct-export gate --candidate DIR --serving DIR [--metric M]
+//!   [--min-improvement X]` is the retraining gate: exit 0 and a JSON verdict when
+//!   the candidate's eval metric is not worse than the serving model's, exit 1 when
+//!   it regresses, exit 2 when the gate cannot decide (missing metric, bad manifest).
+
+mod gate;
 
 use std::path::PathBuf;
 
@@ -40,6 +46,24 @@ enum Command {
         /// Model folder holding model.onnx and manifest.json.
         #[arg(long)]
         model: PathBuf,
+    },
+    /// Retraining gate: accept the candidate only when its eval metric (higher is
+    /// better) is >= the serving model's + --min-improvement. Exit 0 accepted,
+    /// 1 refused, 2 undecidable (missing metric or manifest).
+    Gate {
+        /// Candidate model folder (manifest.json with metrics).
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Serving model folder; when it has no manifest.json the candidate is
+        /// accepted as the first model.
+        #[arg(long)]
+        serving: PathBuf,
+        /// Manifest metric to compare (higher is better).
+        #[arg(long, default_value = gate::DEFAULT_METRIC)]
+        metric: String,
+        /// Required improvement over the serving model (0: no regression).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        min_improvement: f64,
     },
 }
 
@@ -118,6 +142,34 @@ fn main() -> anyhow::Result<()> {
             let report = ldct_export::check::check_model_dir(&model)
                 .with_context(|| format!("checking model folder {}", model.display()))?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        (
+            Some(Command::Gate {
+                candidate,
+                serving,
+                metric,
+                min_improvement,
+            }),
+            _,
+        ) => {
+            let opts = gate::GateOptions {
+                metric,
+                min_improvement,
+                ..gate::GateOptions::new(candidate, serving)
+            };
+            match gate::gate(&opts) {
+                Ok(verdict) => {
+                    println!("{}", serde_json::to_string(&verdict)?);
+                    eprintln!("gate: {}", verdict.note);
+                    if !verdict.accepted {
+                        std::process::exit(1);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("gate: cannot decide, refusing: {e}");
+                    std::process::exit(2);
+                }
+            }
         }
         (Some(Command::Export(a)), _) | (None, Some(a)) => export(a)?,
         (None, None) => {
