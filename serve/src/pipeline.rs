@@ -21,6 +21,10 @@ pub async fn run_prepared(
     model: &Arc<LoadedModel>,
     slices: &mut [Prepared],
 ) -> Result<Vec<Vec<f32>>, ServeError> {
+    // The budget starts when the request is queued; a result that arrives after
+    // it is a timeout too (tokio's timeout polls the result first, so without this
+    // check a result already waiting would beat any deadline).
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut receivers = Vec::with_capacity(slices.len());
     for p in slices.iter_mut() {
         let data = std::mem::take(&mut p.data);
@@ -36,7 +40,10 @@ pub async fn run_prepared(
         }
         Ok(outs)
     };
-    match tokio::time::timeout(timeout, wait).await {
+    match tokio::time::timeout_at(deadline, wait).await {
+        Ok(_) if tokio::time::Instant::now() > deadline => Err(ServeError::Timeout {
+            seconds: timeout.as_secs_f64(),
+        }),
         Ok(r) => r,
         // Dropping the receivers tells the batcher to skip slices not yet run.
         Err(_) => Err(ServeError::Timeout {
