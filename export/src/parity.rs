@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
+use ldct_imaging::pad::reflect_index;
 use ldct_imaging::window::Normaliser;
 use ldct_proto::arch::Arch;
 use ldct_proto::runtime;
@@ -87,26 +88,12 @@ pub fn run_ort(session: &mut Session, x: &Array4<f32>) -> Result<Array4<f32>, Pa
         .map_err(|e| ParityError::Ort(format!("output is not 4-D: {e}")))
 }
 
-/// Index of position `i` of a reflection-padded axis of length `n` (bouncing off
-/// both ends as often as needed, as ONNX `Pad` reflect and the trainer's padding).
-fn reflect(i: usize, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let r = i % period;
-    if r < n {
-        r
-    } else {
-        period - r
-    }
-}
-
-/// Pads `[N, C, H, W]` by reflection at the bottom and the right to `ph x pw`.
+/// Pads `[N, C, H, W]` by reflection at the bottom and the right to `ph x pw`
+/// (`ldct_imaging::pad`, as the server does).
 pub fn pad_bottom_right(x: &Array4<f32>, ph: usize, pw: usize) -> Array4<f32> {
     let (n, c, h, w) = x.dim();
     Array4::from_shape_fn((n, c, ph.max(h), pw.max(w)), |(a, b, y, z)| {
-        x[[a, b, reflect(y, h), reflect(z, w)]]
+        x[[a, b, reflect_index(y, h), reflect_index(z, w)]]
     })
 }
 
@@ -334,9 +321,9 @@ mod tests {
 
     #[test]
     fn reflection_bounces_like_onnx_reflect() {
-        let idx: Vec<usize> = (0..9).map(|i| reflect(i, 4)).collect();
+        let idx: Vec<usize> = (0..9).map(|i| reflect_index(i, 4)).collect();
         assert_eq!(idx, vec![0, 1, 2, 3, 2, 1, 0, 1, 2]);
-        assert_eq!(reflect(5, 1), 0);
+        assert_eq!(reflect_index(5, 1), 0);
         let x = Array4::from_shape_fn((1, 1, 2, 3), |(_, _, y, z)| (y * 3 + z) as f32);
         let p = pad_bottom_right(&x, 4, 5);
         assert_eq!(p.dim(), (1, 1, 4, 5));

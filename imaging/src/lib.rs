@@ -6,6 +6,7 @@
 //! - [`npy`], [`dicom`], [`raw`], [`aapm`]: readers and writers.
 //! - [`derived`]: the derived DICOM instance of a denoised slice.
 //! - [`png`]: 16-bit PNG, windowed previews, labelled comparison strips.
+//! - [`pad`]: reflection padding to the model's spatial multiple (the pixel contract).
 //! - [`metrics`]: PSNR, SSIM, RMSE in a stated HU window.
 //! - [`noise`]: a no-reference noise estimate in HU.
 
@@ -19,6 +20,7 @@ pub mod image;
 pub mod metrics;
 pub mod noise;
 pub mod npy;
+pub mod pad;
 pub mod png;
 pub mod raw;
 pub mod read;

@@ -4,34 +4,14 @@
 //! padding at the bottom and right up to a multiple of `spatial_multiple` -> network ->
 //! crop back to the original size -> HU (the inverse of the linear map, not clipped).
 //!
-//! Reflection is numpy's `mode="reflect"` (the edge sample is not repeated:
-//! `[a b c d]` pads to `[a b c d c b]`), continued periodically when the pad is longer
-//! than the image.
+//! Reflection and the rounding to the multiple are `ldct_imaging::pad`'s (numpy's
+//! `mode="reflect"`, shared with the exporter's parity check).
 
+pub use ldct_imaging::pad::{padded_len, reflect_index};
 use ldct_imaging::window::Normaliser;
 use ndarray::Array2;
 
 use crate::error::ServeError;
-
-/// `n` rounded up to a multiple of `m` (`m` >= 1).
-pub fn padded_len(n: usize, m: usize) -> usize {
-    let m = m.max(1);
-    n.div_ceil(m) * m
-}
-
-/// The source index of padded position `i` for an axis of length `n` (numpy "reflect").
-pub fn reflect_index(i: usize, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let j = i % period;
-    if j < n {
-        j
-    } else {
-        period - j
-    }
-}
 
 /// Pads a row-major `h x w` image to `ph x pw` (>= h, w) by reflection.
 pub fn pad_reflect(src: &[f32], h: usize, w: usize, ph: usize, pw: usize) -> Vec<f32> {
