@@ -1,75 +1,18 @@
 //! `check_model_dir` accepts a model folder that follows the pixel contract and
 //! rejects tampered, malformed or contract-breaking ones with clear errors.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use ldct_export::check::{check_model_dir, CheckError};
-use ldct_proto::manifest::*;
-use ldct_proto::model_dir::sha256_hex;
-use ldct_proto::onnx::{self, tensor_proto::DataType};
-use prost::Message;
 
-/// output = input * 0.5 (a "denoiser" that halves), with the given io names.
+mod common;
+
 fn model(input: &str, output: &str, channels: i64) -> Vec<u8> {
-    let ty = || {
-        onnx::tensor_type(
-            DataType::Float,
-            &[Err("N"), Ok(channels), Err("H"), Err("W")],
-        )
-    };
-    onnx::ModelProto {
-        ir_version: onnx::IR_VERSION,
-        opset_import: vec![onnx::default_opset(17)],
-        producer_name: "test".into(),
-        graph: Some(onnx::GraphProto {
-            name: "half".into(),
-            node: vec![onnx::node(
-                "Mul",
-                "mul",
-                &[input, "half"],
-                &[output],
-                vec![],
-            )],
-            initializer: vec![onnx::f32_tensor("half", &[], &[0.5])],
-            input: vec![onnx::value_info(input, ty())],
-            output: vec![onnx::value_info(output, ty())],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    common::half_model(input, output, channels)
 }
 
 fn write_dir(dir: &Path, onnx_bytes: &[u8], sha: Option<String>) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(MODEL_FILE), onnx_bytes).unwrap();
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
-        name: "half".into(),
-        version: "0.1.0".into(),
-        created: chrono::Utc::now(),
-        method: Method::Supervised,
-        arch: ArchSummary {
-            preset: "test".into(),
-            parameters: 1,
-            description: "multiply by 0.5".into(),
-        },
-        training_data: TrainingData::default(),
-        normalisation: Normalisation::default(),
-        dose: Dose::default(),
-        spatial_multiple: 4,
-        metrics: BTreeMap::new(),
-        onnx: OnnxInfo {
-            file: MODEL_FILE.into(),
-            sha256: sha.unwrap_or_else(|| sha256_hex(onnx_bytes)),
-            opset: 17,
-            ir_version: onnx::IR_VERSION,
-            precision: "fp32".into(),
-        },
-        producer: Producer::default(),
-    };
-    std::fs::write(dir.join(MANIFEST_FILE), manifest.to_json()).unwrap();
+    common::write_model_dir(dir, onnx_bytes, "0.1.0", &[], sha);
 }
 
 #[test]

@@ -3,76 +3,23 @@
 //! real ones (a valid ONNX file + a manifest with a matching SHA-256) so the
 //! manifests are exactly what `ldct-export` writes and the server loads.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ldct_proto::manifest::*;
-use ldct_proto::model_dir::sha256_hex;
-use ldct_proto::onnx::{self, tensor_proto::DataType};
-use prost::Message;
+use ldct_proto::manifest::{Manifest, MANIFEST_FILE};
 
 const PSNR: &str = "psnr_-1000_1000";
 
-/// output = input * 0.5.
-fn model() -> Vec<u8> {
-    let ty = || onnx::tensor_type(DataType::Float, &[Err("N"), Ok(1), Err("H"), Err("W")]);
-    onnx::ModelProto {
-        ir_version: onnx::IR_VERSION,
-        opset_import: vec![onnx::default_opset(17)],
-        producer_name: "test".into(),
-        graph: Some(onnx::GraphProto {
-            name: "half".into(),
-            node: vec![onnx::node(
-                "Mul",
-                "mul",
-                &["input", "half"],
-                &["output"],
-                vec![],
-            )],
-            initializer: vec![onnx::f32_tensor("half", &[], &[0.5])],
-            input: vec![onnx::value_info("input", ty())],
-            output: vec![onnx::value_info("output", ty())],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
+mod common;
 
 fn write_dir(dir: &Path, version: &str, metrics: &[(&str, f64)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let bytes = model();
-    std::fs::write(dir.join(MODEL_FILE), &bytes).unwrap();
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
-        name: "half".into(),
-        version: version.into(),
-        created: chrono::Utc::now(),
-        method: Method::Supervised,
-        arch: ArchSummary {
-            preset: "test".into(),
-            parameters: 1,
-            description: "multiply by 0.5".into(),
-        },
-        training_data: TrainingData::default(),
-        normalisation: Normalisation::default(),
-        dose: Dose::default(),
-        spatial_multiple: 4,
-        metrics: metrics
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect::<BTreeMap<_, _>>(),
-        onnx: OnnxInfo {
-            file: MODEL_FILE.into(),
-            sha256: sha256_hex(&bytes),
-            opset: 17,
-            ir_version: onnx::IR_VERSION,
-            precision: "fp32".into(),
-        },
-        producer: Producer::default(),
-    };
-    std::fs::write(dir.join(MANIFEST_FILE), manifest.to_json()).unwrap();
+    common::write_model_dir(
+        dir,
+        &common::half_model("input", "output", 1),
+        version,
+        metrics,
+        None,
+    );
     // The folder is a valid model folder by the shared contract.
     Manifest::from_file(&dir.join(MANIFEST_FILE)).unwrap();
     ldct_proto::model_dir::ModelDir::open(dir).unwrap();
