@@ -29,7 +29,7 @@ use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
 use ldct_proto::model_dir::sha256_hex;
 use ndarray::Array2;
 
-use crate::dicom::{decode_object, parse_dicom_bytes, DicomMeta};
+use crate::dicom::{object_meta, parse_dicom_bytes, DicomMeta};
 use crate::error::{ImagingError, Result};
 
 /// Explicit VR Little Endian.
@@ -95,7 +95,7 @@ pub fn derive_from_bytes(
     model: DerivedModel<'_>,
 ) -> Result<DerivedInstance> {
     let obj = parse_dicom_bytes(source)?;
-    let meta = decode_object(&obj)?.meta;
+    let meta = object_meta(&obj)?;
     derive(&obj, &meta, denoised_hu, model)
 }
 
