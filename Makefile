@@ -18,7 +18,7 @@ ORT_DYLIB_PATH ?=
 ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*))))
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve
+.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -59,6 +59,10 @@ data: setup build
 bench-simulate: setup
 	$(CARGO) build --release -p ldct-train
 	$(RUN_ENV) $(PYTHON) bench/simulate.py --bin target/release/ldct-train
+
+bench-train: setup
+	$(CARGO) build --release -p ldct-train
+	$(RUN_ENV) $(PYTHON) bench/train_step.py --bin target/release/ldct-train
 
 bench-serve: setup
 	$(CARGO) build --release -p ldct-serve

@@ -50,7 +50,7 @@ pub enum ImagingError {
 }
 
 impl ImagingError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ImagingError::Io {
             path: path.into(),
             source,

@@ -281,6 +281,23 @@ def test_jobs(rendered):
         assert r.returncode == 0, (name, r.stderr)
 
 
+def test_retrain_config_is_a_valid_training_config(rendered, tmp_path):
+    """The ConfigMap's train.toml is accepted by the trainer (every field checked)."""
+    from conftest import run_bin
+
+    objs = objects(rendered)
+    cm = find(objs, "ConfigMap", "ldct-retrain", "retrain")["data"]
+    path = tmp_path / "train.toml"
+    path.write_text(cm["train.toml"])
+    resolved = run_bin("ldct-train", "fit", "--config", path, "--check").stdout
+    assert 'root = "/work/data"' in resolved
+    assert 'method = "supervised"' in resolved
+    # A typo in a field name is refused, so the check above can fail.
+    path.write_text(cm["train.toml"].replace("patch =", "pach ="))
+    bad = run_bin("ldct-train", "fit", "--config", path, "--check", check=False)
+    assert bad.returncode != 0 and "pach" in bad.stderr
+
+
 def test_shard_script_splits_the_list(tmp_path):
     """Run shard.sh for every index with a fake curl: each file exactly once."""
     docs = yaml.safe_load((K8S / "batch/studies.yaml").read_text())

@@ -3,9 +3,12 @@
 //! - [`cli`]: the command-line interface, one module per subcommand.
 //! - [`nn`]: tensor ops Candle lacks (reflection pad, instance norm), the conv backend switch.
 //! - [`model`]: Candle networks built from `ldct_proto::arch`, weights as safetensors.
+//! - [`train`]: configuration, data pipeline, methods, the loop and run folder, evaluation.
+//! - [`simulate`], [`dataset`]: low-dose simulation and dataset import.
 
 pub mod cli;
 pub mod dataset;
 pub mod model;
 pub mod nn;
 pub mod simulate;
+pub mod train;

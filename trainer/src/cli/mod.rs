@@ -3,8 +3,12 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod convert;
 pub mod dataset;
+pub mod denoise;
+pub mod eval;
+pub mod fit;
 pub mod metrics;
 pub mod simulate;
 
@@ -30,6 +34,14 @@ pub enum Command {
     /// Build datasets in the AAPM layout ({train,test}/{fd,qd}).
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Train a network (supervised or CycleGAN) from a TOML configuration into a run folder.
+    Fit(fit::FitArgs),
+    /// Evaluate a run on a dataset split: low-dose input vs model against full dose.
+    Eval(eval::EvalArgs),
+    /// Denoise a slice or series with a run's generator (Candle, whole slices, HU out).
+    Denoise(denoise::DenoiseArgs),
+    /// Time training steps: seconds per step and peak memory of one configuration.
+    BenchStep(bench::BenchStepArgs),
 }
 
 impl Command {
@@ -39,6 +51,10 @@ impl Command {
             Command::Convert(a) => convert::run(a),
             Command::Simulate(a) => simulate::run(a),
             Command::Dataset(c) => dataset::run(c),
+            Command::Fit(a) => fit::run(a),
+            Command::Eval(a) => eval::run(a),
+            Command::Denoise(a) => denoise::run(a),
+            Command::BenchStep(a) => bench::run(a),
         }
     }
 }

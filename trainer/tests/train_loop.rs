@@ -1,0 +1,302 @@
+//! The training loop end to end on a tiny synthetic dataset: each method's loss
+//! falls, `--max-steps` + `--resume` reproduces an uninterrupted run bit for bit,
+//! the run folder holds its files, and the CLI's fit / eval / denoise work.
+
+use std::path::Path;
+
+use ldct_imaging::aapm::{self, Split};
+use ldct_proto::manifest::Method;
+use ldct_train::train::{fit, FitOptions, TrainConfig};
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+/// Smooth "anatomy" (a disk of soft tissue with brighter blobs in air) and a noisy
+/// partner with 60 HU Gaussian noise.
+fn synthetic_dataset(root: &Path) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let noise = Normal::new(0.0f32, 60.0).unwrap();
+    for i in 0..6 {
+        let n = 32;
+        let full = Array2::from_shape_fn((n, n), |(r, c)| {
+            let (y, x) = (r as f32 - 15.5, c as f32 - 15.5);
+            let d = (x * x + y * y).sqrt();
+            if d > 14.0 {
+                -1000.0
+            } else {
+                let blob = ((x - 4.0 + i as f32).powi(2) + (y + 3.0).powi(2)).sqrt();
+                40.0 + if blob < 5.0 { 300.0 } else { 0.0 } + 20.0 * (x / 5.0).sin()
+            }
+        });
+        let low = full.mapv(|v| v + noise.sample(&mut rng));
+        let split = if i < 4 { Split::Train } else { Split::Test };
+        aapm::write_pair(root, split, &format!("{i:04}"), &full, &low).unwrap();
+    }
+}
+
+fn tiny_config(method: Method, root: &Path) -> TrainConfig {
+    let text = format!(
+        r#"
+method = "{method}"
+seed = 5
+[data]
+root = "{}"
+patch = 16
+batch = 4
+val_slices = 2
+min_tissue = 0.0
+prefetch = 2
+[model]
+generator = {{ kind = "resnet", ngf = 4, n_blocks = 1 }}
+discriminator = {{ kind = "patchgan", ndf = 4, n_layers = 1 }}
+[optim]
+lr = 0.002
+beta1 = 0.9
+[schedule]
+epochs = 3
+steps_per_epoch = 4
+decay_epochs = 1
+"#,
+        root.display()
+    );
+    TrainConfig::from_toml(&text).unwrap()
+}
+
+fn opts(run: &Path) -> FitOptions {
+    FitOptions {
+        run: run.to_path_buf(),
+        ..FitOptions::default()
+    }
+}
+
+/// metrics.csv column `name` as numbers (empty cells left out).
+fn column(run: &Path, name: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let k = header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    lines
+        .filter_map(|l| l.split(',').nth(k).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+#[test]
+fn supervised_loss_falls_and_the_run_folder_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let run = tmp.path().join("run");
+    let out = fit(&tiny_config(Method::Supervised, &data), &opts(&run)).unwrap();
+    assert_eq!(
+        (out.steps_done, out.total_steps, out.interrupted),
+        (12, 12, false)
+    );
+    let loss = column(&run, "loss");
+    assert_eq!(loss.len(), 3);
+    assert!(loss[2] < loss[0] * 0.8, "loss did not fall: {loss:?}");
+    let val = column(&run, "val_psnr");
+    assert_eq!(val.len(), 3);
+    for f in [
+        "train.toml",
+        "run.json",
+        "arch.json",
+        "weights.safetensors",
+        "metrics.csv",
+        "loss.png",
+        "train.log",
+        "samples/epoch_0003.png",
+        "checkpoint/state.json",
+        "checkpoint/optim.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // The resolved configuration reproduces the run's configuration.
+    let back = TrainConfig::from_file(&run.join("train.toml")).unwrap();
+    assert_eq!(back, tiny_config(Method::Supervised, &data));
+    // A second fit into the same folder is refused.
+    let e = fit(&tiny_config(Method::Supervised, &data), &opts(&run)).unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+}
+
+#[test]
+fn cyclegan_losses_fall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let run = tmp.path().join("run");
+    let mut config = tiny_config(Method::Cyclegan, &data);
+    config.schedule.epochs = 4;
+    fit(&config, &opts(&run)).unwrap();
+    for name in ["g_total", "d_full", "d_low"] {
+        let l = column(&run, name);
+        assert_eq!(l.len(), 4);
+        assert!(l[3] < l[0], "{name} did not fall: {l:?}");
+    }
+    for f in ["g_low2full", "f_full2low", "d_full", "d_low"] {
+        assert!(run
+            .join("checkpoint")
+            .join(f)
+            .join("weights.safetensors")
+            .is_file());
+    }
+}
+
+fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{f} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
+fn metrics_without_time(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.rsplit_once(',')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn resume_continues_exactly_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    for method in [Method::Supervised, Method::Cyclegan] {
+        let config = tiny_config(method, &data);
+        let whole = tmp.path().join(format!("{method}-whole"));
+        fit(&config, &opts(&whole)).unwrap();
+        // Stopped mid-epoch (step 6 of 12), then resumed.
+        let parts = tmp.path().join(format!("{method}-parts"));
+        let first = fit(
+            &config,
+            &FitOptions {
+                max_steps: Some(6),
+                ..opts(&parts)
+            },
+        )
+        .unwrap();
+        assert_eq!(first.steps_done, 6);
+        let resumed = fit(
+            &TrainConfig::default(), // ignored: the run's own train.toml is used
+            &FitOptions {
+                resume: true,
+                ..opts(&parts)
+            },
+        )
+        .unwrap();
+        assert_eq!(resumed.steps_done, 12);
+        let mut files = vec!["weights.safetensors"];
+        if method == Method::Cyclegan {
+            files.extend([
+                "checkpoint/f_full2low/weights.safetensors",
+                "checkpoint/d_full/weights.safetensors",
+                "checkpoint/optim_d.safetensors",
+                "checkpoint/pool_full.safetensors",
+            ]);
+        } else {
+            files.push("checkpoint/optim.safetensors");
+        }
+        assert_same_files(&whole, &parts, &files);
+        assert_eq!(metrics_without_time(&whole), metrics_without_time(&parts));
+    }
+}
+
+#[test]
+fn resume_without_a_checkpoint_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = fit(
+        &TrainConfig::default(),
+        &FitOptions {
+            resume: true,
+            ..opts(tmp.path())
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("train.toml"), "{e}");
+}
+
+#[test]
+fn cli_fit_eval_denoise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, tiny_config(Method::Supervised, &data).to_toml()).unwrap();
+    let run = tmp.path().join("run");
+    let bin = env!("CARGO_BIN_EXE_ldct-train");
+    let ok = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let run_s = run.to_str().unwrap();
+    let data_s = data.to_str().unwrap();
+    ok(&[
+        "fit",
+        "--config",
+        config.to_str().unwrap(),
+        "--run",
+        run_s,
+        "--quiet",
+        "--max-steps",
+        "5",
+    ]);
+    ok(&["fit", "--resume", "--run", run_s, "--quiet"]);
+    let table = ok(&["eval", "--run", run_s, "--data", data_s, "--quiet"]);
+    assert!(
+        table.contains("| [-1000, 1000] | low-dose input |"),
+        "{table}"
+    );
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    assert!(eval["psnr_-1000_1000"].as_f64().unwrap().is_finite());
+    assert!(eval["input"]["psnr_-160_240"].as_f64().unwrap().is_finite());
+    assert_eq!(eval["eval_slices"], 2);
+    let csv = std::fs::read_to_string(run.join("eval.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    let out = tmp.path().join("den.npy");
+    let input = data.join("test/qd/0004.npy");
+    ok(&[
+        "denoise",
+        "--run",
+        run_s,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let den = ldct_imaging::npy::read_image(&out).unwrap();
+    assert_eq!(den.dim(), (32, 32));
+    assert!(den.iter().all(|v| v.is_finite()));
+    // A bad configuration names its field.
+    std::fs::write(&config, "[data]\npatch = 3\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "fit",
+            "--config",
+            config.to_str().unwrap(),
+            "--run",
+            tmp.path().join("r2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data.patch"));
+}
