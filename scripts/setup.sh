@@ -18,9 +18,14 @@ REQ="$ROOT/scripts/requirements.txt"
 # Debian packages the tests and tools need.
 #   invesalius-examples: a real head CT (Cranium.inv3), the built-in dataset
 #   prometheus: promtool, which checks ldct-serve's /metrics in the tests
+#   orthanc, orthanc-dicomweb: a real PACS with DICOMweb for the STOW-RS / QIDO-RS /
+#     WADO-RS tests (tests/python/test_dicomweb_orthanc.py starts its own instance; the
+#     Debian service is not used)
 APT_PACKAGES=(
   invesalius-examples
   prometheus
+  orthanc
+  orthanc-dicomweb
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -11,10 +11,11 @@ use actix_web::{web, App, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use crate::batcher::Batcher;
+use crate::dicomweb::stow;
 use crate::error::ServeError;
 use crate::metrics::metrics;
 use crate::registry::Registry;
-use crate::{v1, v2};
+use crate::{jobs, v1, v2};
 
 /// Limits and policies of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub batcher: Arc<Batcher>,
     pub limits: Limits,
+    /// STOW-RS, the spool to the PACS and pull jobs (with `--pacs-url`).
+    pub dicomweb: Option<Arc<crate::dicomweb::DicomWeb>>,
 }
 
 /// Paths open without a token: liveness / readiness probes and the metrics scrape.
@@ -188,6 +191,18 @@ fn routes(cfg: &mut web::ServiceConfig) {
     ))
     .service(only(
         web::resource("/v1/models").route(web::get().to(v1::models)),
+    ))
+    .service(only(
+        web::resource("/v1/studies/{study}/denoise").route(web::post().to(jobs::create)),
+    ))
+    .service(only(
+        web::resource("/v1/jobs/{id}").route(web::get().to(jobs::get)),
+    ))
+    .service(only(
+        web::resource("/dicomweb/studies").route(web::post().to(stow::store)),
+    ))
+    .service(only(
+        web::resource("/dicomweb/studies/{study}").route(web::post().to(stow::store_study)),
     ))
     .service(only(
         web::resource("/v1/models/reload").route(web::post().to(v1::reload)),

@@ -93,6 +93,56 @@ pub struct Config {
     /// Seconds to let in-flight requests finish after SIGTERM / SIGINT.
     #[arg(long, env = "LDCT_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// DICOMweb root of the PACS (e.g. http://orthanc:8042/dicom-web): derived instances
+    /// are pushed there by STOW-RS, and pull jobs search (QIDO-RS) and fetch (WADO-RS)
+    /// there. Without it the DICOMweb routes answer 501.
+    #[arg(long, env = "LDCT_PACS_URL")]
+    pub pacs_url: Option<String>,
+    /// User name for HTTP basic authentication to the PACS (with --pacs-password).
+    #[arg(long, env = "LDCT_PACS_USER", conflicts_with = "pacs_token")]
+    pub pacs_user: Option<String>,
+    /// Password for HTTP basic authentication to the PACS.
+    #[arg(
+        long,
+        env = "LDCT_PACS_PASSWORD",
+        hide_env_values = true,
+        requires = "pacs_user"
+    )]
+    pub pacs_password: Option<String>,
+    /// Bearer token for the PACS (`Authorization: Bearer ...`).
+    #[arg(long, env = "LDCT_PACS_TOKEN", hide_env_values = true)]
+    pub pacs_token: Option<String>,
+    /// PEM certificates trusted for an https:// PACS, besides the Mozilla roots.
+    #[arg(long, env = "LDCT_PACS_CA_CERT")]
+    pub pacs_ca_cert: Option<PathBuf>,
+    /// Longest wait for one request to the PACS, response body included (seconds).
+    #[arg(long, env = "LDCT_PACS_TIMEOUT", default_value_t = 120.0, value_parser = parse_seconds)]
+    pub pacs_timeout: f64,
+    /// Most instances per STOW-RS request to the PACS.
+    #[arg(long, env = "LDCT_PACS_BATCH", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pacs_batch: u32,
+    /// First wait before retrying a failed push (seconds); doubles up to --pacs-retry-max.
+    #[arg(long, env = "LDCT_PACS_RETRY_MIN", default_value_t = 0.5, value_parser = parse_seconds)]
+    pub pacs_retry_min: f64,
+    /// Longest wait between push retries (seconds).
+    #[arg(long, env = "LDCT_PACS_RETRY_MAX", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub pacs_retry_max: f64,
+    /// Largest series a pull job fetches by WADO-RS, in bytes.
+    #[arg(long, env = "LDCT_PACS_MAX_FETCH_BYTES", default_value_t = 2 << 30)]
+    pub pacs_max_fetch_bytes: usize,
+    /// Folder of the spool of derived instances waiting for the PACS (created).
+    #[arg(long, env = "LDCT_SPOOL_DIR", default_value = "ldct-spool")]
+    pub spool_dir: PathBuf,
+    /// Size bound of the spool in bytes; beyond it STOW-RS refuses instances (A700).
+    #[arg(long, env = "LDCT_SPOOL_MAX_BYTES", default_value_t = 4 << 30)]
+    pub spool_max_bytes: u64,
+    /// Folder of the pull jobs' state files (default: <spool-dir>/jobs).
+    #[arg(long, env = "LDCT_JOBS_DIR")]
+    pub jobs_dir: Option<PathBuf>,
+    /// Largest STOW-RS request body in bytes (413 beyond it).
+    #[arg(long, env = "LDCT_DICOMWEB_MAX_BODY_BYTES", default_value_t = 512 << 20)]
+    pub dicomweb_max_body_bytes: usize,
     /// Load ONNX Runtime and the models, print what was loaded and exit without serving
     /// (exit status 1 when a model folder was rejected).
     #[arg(long)]
@@ -158,5 +208,29 @@ mod tests {
         assert!(Config::try_parse_from(["ldct-serve", "--request-timeout", "-1"]).is_err());
         assert!(Config::try_parse_from(["ldct-serve", "--tls-cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["ldct-serve", "--device", "tpu"]).is_err());
+        assert!(Config::try_parse_from(["ldct-serve", "--pacs-batch", "0"]).is_err());
+        assert!(Config::try_parse_from(["ldct-serve", "--pacs-password", "p"]).is_err());
+        assert!(
+            Config::try_parse_from(["ldct-serve", "--pacs-user", "u", "--pacs-token", "t"])
+                .is_err()
+        );
+        let c = Config::try_parse_from([
+            "ldct-serve",
+            "--pacs-url",
+            "http://orthanc:8042/dicom-web",
+            "--pacs-user",
+            "u",
+            "--pacs-password",
+            "p",
+            "--spool-max-bytes",
+            "1000",
+            "--pacs-retry-max",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.pacs_url.as_deref(), Some("http://orthanc:8042/dicom-web"));
+        assert_eq!(c.spool_max_bytes, 1000);
+        assert_eq!(c.pacs_retry_max, 2.0);
+        assert_eq!(c.jobs_dir, None);
     }
 }

@@ -52,6 +52,8 @@ pub enum ServeError {
     Timeout { seconds: f64 },
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("no PACS is configured: start ldct-serve with --pacs-url (LDCT_PACS_URL)")]
+    PacsNotConfigured,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -80,6 +82,7 @@ impl ServeError {
             ServeError::ShuttingDown => "shutting_down",
             ServeError::Timeout { .. } => "timeout",
             ServeError::Inference(_) => "inference_failed",
+            ServeError::PacsNotConfigured => "pacs_not_configured",
             ServeError::Internal(_) => "internal",
         }
     }
@@ -106,6 +109,7 @@ impl ServeError {
             }
             ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Inference(_) | ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::PacsNotConfigured => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -223,6 +227,7 @@ mod tests {
             (ServeError::NonFinite, 422, "non_finite"),
             (ServeError::QueueFull { capacity: 4 }, 503, "queue_full"),
             (ServeError::Timeout { seconds: 1.0 }, 504, "timeout"),
+            (ServeError::PacsNotConfigured, 501, "pacs_not_configured"),
             (
                 ServeError::Inference("boom".into()),
                 500,

@@ -12,13 +12,19 @@
 //! - [`app`], [`v1`], [`v2`]: the HTTP application, middleware and routes.
 //! - [`error`]: the one error enum -> status code + JSON body.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`instance`]: an uploaded DICOM instance as a single-frame CT slice.
+//! - [`dicomweb`]: STOW-RS receiver, the spool and push worker to the PACS, the DICOMweb
+//!   client, `multipart/related`; [`jobs`]: pull jobs (QIDO-RS + WADO-RS from the PACS).
 //! - [`tls`], [`server`]: HTTPS and the server's start / graceful stop.
 
 pub mod app;
 pub mod batcher;
 pub mod config;
 pub mod device;
+pub mod dicomweb;
 pub mod error;
+pub mod instance;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod oip;

@@ -33,6 +33,23 @@ pub struct Metrics {
     /// estimate of the input and of the output of `/v1/denoise`, in HU.
     pub noise_in: HistogramVec,
     pub noise_out: HistogramVec,
+    /// `ldct_spool_depth`: derived instances waiting in the spool for the PACS.
+    pub spool_depth: IntGauge,
+    /// `ldct_spool_bytes`: bytes the spool uses (queued and failed files).
+    pub spool_bytes: IntGauge,
+    /// `ldct_spool_failed`: instances the PACS refused for good (in `failed/`).
+    pub spool_failed: IntGauge,
+    /// `ldct_pacs_push_total{result}`: instances per push attempt: `ok` (stored by the
+    /// PACS), `failed` (to be retried), `rejected` (refused for good).
+    pub pacs_push: IntCounterVec,
+    /// `ldct_pacs_request_duration_seconds{op}`: STOW-RS / QIDO-RS / WADO-RS requests to
+    /// the PACS (`stow`, `qido`, `wado`).
+    pub pacs_request_duration: HistogramVec,
+    /// `ldct_stow_instances_total{result}`: instances received by STOW-RS, `accepted`
+    /// (spooled) or `failed`.
+    pub stow_instances: IntCounterVec,
+    /// `ldct_jobs_total{state}`: finished pull jobs by final state.
+    pub jobs: IntCounterVec,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -133,6 +150,40 @@ impl Metrics {
                 &["model"],
                 NOISE_BUCKETS,
             ),
+            spool_depth: gauge(
+                "ldct_spool_depth",
+                "Derived instances waiting in the spool for the PACS.",
+            ),
+            spool_bytes: gauge(
+                "ldct_spool_bytes",
+                "Bytes used by the spool (queued and refused instances).",
+            ),
+            spool_failed: gauge(
+                "ldct_spool_failed",
+                "Derived instances the PACS refused for good (the spool's failed/ folder).",
+            ),
+            pacs_push: counter(
+                "ldct_pacs_push_total",
+                "Derived instances per STOW-RS push attempt to the PACS, by result \
+                 (ok, failed: retried later, rejected: refused for good).",
+                &["result"],
+            ),
+            pacs_request_duration: histogram(
+                "ldct_pacs_request_duration_seconds",
+                "Duration of requests to the PACS by operation (stow, qido, wado).",
+                &["op"],
+                DURATION_BUCKETS,
+            ),
+            stow_instances: counter(
+                "ldct_stow_instances_total",
+                "Instances received by STOW-RS, by result (accepted, failed).",
+                &["result"],
+            ),
+            jobs: counter(
+                "ldct_jobs_total",
+                "Finished pull jobs by final state (succeeded, failed).",
+                &["state"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -146,6 +197,13 @@ impl Metrics {
             Box::new(m.models_loaded.clone()),
             Box::new(m.noise_in.clone()),
             Box::new(m.noise_out.clone()),
+            Box::new(m.spool_depth.clone()),
+            Box::new(m.spool_bytes.clone()),
+            Box::new(m.spool_failed.clone()),
+            Box::new(m.pacs_push.clone()),
+            Box::new(m.pacs_request_duration.clone()),
+            Box::new(m.stow_instances.clone()),
+            Box::new(m.jobs.clone()),
         ];
         for c in collectors {
             m.registry
@@ -199,6 +257,12 @@ mod tests {
         m.batch_size.with_label_values(&["tiny"]).observe(3.0);
         m.noise_in.with_label_values(&["tiny"]).observe(20.0);
         m.noise_out.with_label_values(&["tiny"]).observe(8.0);
+        m.pacs_push.with_label_values(&["ok"]).inc();
+        m.pacs_request_duration
+            .with_label_values(&["stow"])
+            .observe(0.1);
+        m.stow_instances.with_label_values(&["accepted"]).inc();
+        m.jobs.with_label_values(&["succeeded"]).inc();
         m.set_models(&[("tiny".into(), "0.1.0".into(), "cpu".into())]);
         let text = m.render().unwrap();
         for name in [
@@ -213,6 +277,13 @@ mod tests {
             "ldct_models_loaded",
             "ldct_noise_in_hu",
             "ldct_noise_out_hu",
+            "ldct_spool_depth",
+            "ldct_spool_bytes",
+            "ldct_spool_failed",
+            "ldct_pacs_push_total",
+            "ldct_pacs_request_duration_seconds",
+            "ldct_stow_instances_total",
+            "ldct_jobs_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

@@ -40,7 +40,16 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
         })
         .context("starting the inference threads")?,
     );
+    // `--check` touches no spool or jobs folder.
+    let dicomweb = if config.check {
+        None
+    } else {
+        crate::dicomweb::DicomWeb::from_config(config)
+            .context("setting up DICOMweb (--pacs-url)")?
+            .map(Arc::new)
+    };
     let state = AppState {
+        dicomweb,
         registry,
         batcher,
         limits: Limits {
@@ -86,6 +95,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let batcher = state.batcher.clone();
     let system = actix_web::rt::System::new();
     let result: anyhow::Result<()> = system.block_on(async move {
+        crate::dicomweb::start(&state);
         let s = state.clone();
         let mut server =
             HttpServer::new(move || app(s.clone())).shutdown_timeout(config.shutdown_timeout);

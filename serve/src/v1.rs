@@ -7,7 +7,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use ldct_imaging::derived::{self, DerivedModel};
-use ldct_imaging::dicom::{decode_object, parse_dicom_bytes, DefaultDicomObject, DicomMeta};
+use ldct_imaging::dicom::{DefaultDicomObject, DicomMeta};
 use ldct_imaging::metrics::{quality, Quality};
 use ldct_imaging::noise::estimate_noise_hu;
 use ldct_imaging::npy::{self, NpyDtype};
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{media_type, read_body, AppState};
 use crate::error::ServeError;
+use crate::instance::{self, CtInstance};
 use crate::metrics::metrics;
 use crate::model::LoadedModel;
 use crate::pipeline;
@@ -32,9 +33,6 @@ pub const H_NOISE_IN: &str = "x-ldct-noise-in-hu";
 pub const H_NOISE_OUT: &str = "x-ldct-noise-out-hu";
 pub const H_SOP: &str = "x-ldct-sop-instance-uid";
 pub const H_SERIES: &str = "x-ldct-series-instance-uid";
-
-/// CT Image Storage and Enhanced CT Image Storage.
-const CT_SOP_CLASSES: [&str; 2] = ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"];
 
 #[derive(Debug, Deserialize)]
 pub struct ModelQuery {
@@ -71,30 +69,7 @@ fn decode_npy(bytes: &[u8]) -> Result<Array2<f32>, ServeError> {
 
 /// Decodes a DICOM body: a single-frame CT image.
 fn decode_dicom(bytes: &[u8]) -> Result<Slice, ServeError> {
-    let obj = parse_dicom_bytes(bytes)?;
-    let slices = decode_object(&obj)?;
-    let meta = slices.meta;
-    let is_ct = meta.modality.as_deref().map(str::trim) == Some("CT")
-        || CT_SOP_CLASSES.contains(&meta.sop_class_uid.trim());
-    if !is_ct {
-        return Err(ServeError::UnsupportedImage(format!(
-            "not a CT image (modality {:?}, SOP class {})",
-            meta.modality.as_deref().unwrap_or("none"),
-            meta.sop_class_uid
-        )));
-    }
-    if meta.frames != 1 || slices.frames.len() != 1 {
-        return Err(ServeError::UnsupportedImage(format!(
-            "{} frames: send single-frame CT instances",
-            meta.frames
-        )));
-    }
-    let hu = slices
-        .frames
-        .into_iter()
-        .next()
-        .map(|f| f.hu)
-        .ok_or_else(|| ServeError::UnsupportedImage("no frame".into()))?;
+    let CtInstance { obj, meta, hu } = instance::decode_ct(bytes)?;
     Ok(Slice {
         hu,
         dicom: Some((obj, meta)),

@@ -141,6 +141,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
         .unwrap(),
     );
     AppState {
+        dicomweb: None,
         registry,
         batcher,
         limits: Limits {
