@@ -18,13 +18,15 @@ ORT_DYLIB_PATH ?=
 ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*))))
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train
+.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train model
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
 	@echo "make test    fmt, clippy, cargo tests and the Python reference tests"
 	@echo "make data    build data/invesalius-quarter (real head CT, simulated quarter dose)"
 	@echo "make setup   install the venv and Debian packages only"
+	@echo "make model   retrain the default model (make data + fit + eval + export to models/default)"
+	@echo "make bench-train | bench-serve | bench-simulate   benchmarks (print figures)"
 
 setup:
 	@scripts/setup.sh
@@ -55,6 +57,16 @@ pytest: setup build
 
 data: setup build
 	$(RUN_ENV) target/debug/ldct-train dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
+
+# The default model: supervised U-Net on the simulated quarter-dose head CT
+# (configs/supervised.toml), evaluated on the test split, exported to models/default.
+TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
+model: setup
+	$(CARGO) build --release -p ldct-train -p ldct-export
+	test -d data/invesalius-quarter || $(TRAIN_RELEASE) dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
+	rm -rf runs/supervised
+	$(TRAIN_RELEASE) fit --config configs/supervised.toml --run runs/supervised --eval data/invesalius-quarter
+	$(RUN_ENV) target/release/ldct-export --run runs/supervised --out models/default --name default --version 1.0.0
 
 bench-simulate: setup
 	$(CARGO) build --release -p ldct-train

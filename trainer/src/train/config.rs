@@ -132,6 +132,10 @@ pub struct ModelConfig {
     pub init: Init,
     /// Convolution implementation (`candle` is the reference). Default `candle`.
     pub conv_backend: ConvBackend,
+    /// Start the generators at the identity: the weights and bias of their last
+    /// convolution are zero, so with a global residual `out = input + tanh(0)` at
+    /// step 0 (ReZero-style; the first update makes them non-zero). Default false.
+    pub zero_head: bool,
 }
 
 impl Default for ModelConfig {
@@ -148,6 +152,7 @@ impl Default for ModelConfig {
             }),
             init: Init::default(),
             conv_backend: ConvBackend::default(),
+            zero_head: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use ldct_imaging::png::{write_comparison, Panel};
 use ldct_imaging::window::{Normaliser, Window};
-use ldct_proto::arch::Arch;
+use ldct_proto::arch::{Arch, Op};
 use ldct_proto::manifest::Method as MethodKind;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -360,7 +360,14 @@ fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>
         )?;
         Ok(net.with_backend(m.conv_backend))
     };
-    let g = net(&m.generator, 1)?;
+    let generator = |stream: u64| -> Result<Network, TrainError> {
+        let g = net(&m.generator, stream)?;
+        if m.zero_head {
+            zero_last_conv(&g)?;
+        }
+        Ok(g)
+    };
+    let g = generator(1)?;
     let multiple = g.arch().spatial_multiple();
     if !config.data.patch.is_multiple_of(multiple) {
         return Err(TrainError::Config(ConfigError::Invalid(format!(
@@ -372,7 +379,7 @@ fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>
     Ok(match config.method {
         MethodKind::Supervised => Box::new(Supervised::new(g, config)?),
         MethodKind::Cyclegan => {
-            let f = net(&m.generator, 2)?;
+            let f = generator(2)?;
             let d_full = net(&m.discriminator, 3)?;
             let d_low = net(&m.discriminator, 4)?;
             Box::new(CycleGan::new(g, f, d_full, d_low, config)?)
@@ -383,6 +390,24 @@ fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>
             ))))
         }
     })
+}
+
+/// Zeroes the parameters of the network's last convolution (`model.zero_head`).
+fn zero_last_conv(net: &Network) -> Result<(), TrainError> {
+    let last = net
+        .arch()
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| matches!(n.op, Op::Conv2d { .. } | Op::ConvTranspose2d { .. }))
+        .map(|n| n.name.clone())
+        .ok_or_else(|| TrainError::Run(format!("{} has no convolution", net.arch().name)))?;
+    for (spec, var) in net.parameters() {
+        if spec.node == last {
+            var.set(&var.as_tensor().zeros_like()?)?;
+        }
+    }
+    Ok(())
 }
 
 fn run_record(
