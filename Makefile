@@ -18,7 +18,7 @@ ORT_DYLIB_PATH ?=
 ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*))))
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train model
+.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -26,6 +26,7 @@ help:
 	@echo "make data    build data/invesalius-quarter (real head CT, simulated quarter dose)"
 	@echo "make setup   install the venv and Debian packages only"
 	@echo "make model   retrain the default model (make data + fit + eval + export to models/default)"
+	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
 	@echo "make bench-train | bench-serve | bench-simulate   benchmarks (print figures)"
 
 setup:
@@ -67,6 +68,11 @@ model: setup
 	rm -rf runs/supervised
 	$(TRAIN_RELEASE) fit --config configs/supervised.toml --run runs/supervised --eval data/invesalius-quarter
 	$(RUN_ENV) target/release/ldct-export --run runs/supervised --out models/default --name default --version 1.0.0
+
+# docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
+quality: setup
+	$(CARGO) build --release -p ldct-train
+	$(PYTHON) scripts/quality_report.py supervised=runs/supervised cyclegan=runs/cyclegan
 
 bench-simulate: setup
 	$(CARGO) build --release -p ldct-train
