@@ -435,7 +435,7 @@ impl Network {
             .arch
             .infer_shapes(h, w)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        if train && self.backend == ConvBackend::Candle {
+        if train && !self.backend.any_size_backward(x.device(), x.dtype()) {
             // Candle's conv2d backward takes output_padding from H for both axes.
             for (i, node) in self.arch.nodes.iter().enumerate() {
                 if let Op::Conv2d {

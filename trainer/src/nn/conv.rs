@@ -3,28 +3,51 @@
 //! [`ConvBackend::Candle`] uses Candle's `conv2d` / `conv_transpose2d` (and so
 //! their autograd, including the stride/parity backward bug described in
 //! [`crate::nn`]); it is the reference path that faster kernels are tested
-//! against. A network picks its backend once
+//! against. [`ConvBackend::Fast`] runs the kernels of [`crate::nn::conv_cpu`]
+//! (cache-blocked im2col / col2im and GEMMs, with their own backward) on f32 and
+//! f64 CPU tensors and falls back to Candle's ops elsewhere (CUDA, half
+//! precision). A network picks its backend once
 //! ([`crate::model::Network::set_backend`]) and every convolution of its forward
 //! pass goes through [`ConvBackend::conv2d`] or [`ConvBackend::conv_transpose2d`].
 
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
+
+use super::conv_cpu;
 
 /// Which implementation runs the convolutions of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvBackend {
     /// Candle's own ops (any device): the reference path.
-    #[default]
     Candle,
+    /// The default. The CPU kernels of [`crate::nn::conv_cpu`] (f32, f64); Candle's ops on
+    /// other devices and dtypes.
+    #[default]
+    Fast,
 }
 
 impl ConvBackend {
     /// Every backend, for tests that compare them.
-    pub const ALL: &'static [ConvBackend] = &[ConvBackend::Candle];
+    pub const ALL: &'static [ConvBackend] = &[ConvBackend::Candle, ConvBackend::Fast];
+
+    /// Whether backward works for every input size on this device and dtype
+    /// (Candle's conv2d backward fails when a stride-2 layer sees an H and a W
+    /// of different parities; the fast kernels do not).
+    pub fn any_size_backward(self, device: &Device, dtype: DType) -> bool {
+        match self {
+            ConvBackend::Candle => false,
+            ConvBackend::Fast => device.is_cpu() && matches!(dtype, DType::F32 | DType::F64),
+        }
+    }
+
+    /// Whether this backend runs its own kernels for `x` (else Candle's).
+    fn fast_for(self, x: &Tensor) -> bool {
+        self == ConvBackend::Fast && conv_cpu::supports(x)
+    }
 
     /// 2-D convolution: `x [N, Cin, H, W]`, `weight [Cout, Cin, k, k]`,
     /// optional `bias [Cout]`, symmetric zero `padding`.
@@ -37,9 +60,10 @@ impl ConvBackend {
         padding: usize,
         dilation: usize,
     ) -> Result<Tensor> {
-        let y = match self {
-            ConvBackend::Candle => x.conv2d(weight, padding, stride, dilation, 1)?,
-        };
+        if self.fast_for(x) {
+            return conv_cpu::conv2d(x, weight, bias, stride, padding, dilation);
+        }
+        let y = x.conv2d(weight, padding, stride, dilation, 1)?;
         add_bias(y, bias)
     }
 
@@ -54,11 +78,10 @@ impl ConvBackend {
         padding: usize,
         output_padding: usize,
     ) -> Result<Tensor> {
-        let y = match self {
-            ConvBackend::Candle => {
-                x.conv_transpose2d(weight, padding, output_padding, stride, 1)?
-            }
-        };
+        if self.fast_for(x) {
+            return conv_cpu::conv_transpose2d(x, weight, bias, stride, padding, output_padding, 1);
+        }
+        let y = x.conv_transpose2d(weight, padding, output_padding, stride, 1)?;
         add_bias(y, bias)
     }
 }
@@ -77,6 +100,7 @@ impl fmt::Display for ConvBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ConvBackend::Candle => "candle",
+            ConvBackend::Fast => "fast",
         })
     }
 }
@@ -87,8 +111,9 @@ impl FromStr for ConvBackend {
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "candle" => Ok(ConvBackend::Candle),
+            "fast" => Ok(ConvBackend::Fast),
             other => Err(format!(
-                "unknown convolution backend `{other}` (known: candle)"
+                "unknown convolution backend `{other}` (known: candle, fast)"
             )),
         }
     }

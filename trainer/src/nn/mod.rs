@@ -9,6 +9,9 @@
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
 //! - [`conv`]: [`ConvBackend`], the one switch that picks the convolution
 //!   implementation of every network (Candle's ops are the reference path).
+//! - [`conv_cpu`]: the `fast` backend's CPU convolution kernels (conv2d and
+//!   conv_transpose2d, f32 and f64, cache-blocked im2col / col2im and GEMMs)
+//!   with their own backward, free of the bug below.
 //!
 //! # Candle 0.11's stride/parity backward bug
 //!
@@ -20,9 +23,12 @@
 //! forward is correct for any size. So: train on square patches or on sizes that
 //! are a multiple of [`ldct_proto::arch::Arch::spatial_multiple`] (which keeps every
 //! stride-2 layer on even sizes), and run inference on any size by padding to the
-//! multiple ([`pad_to_multiple`]) and cropping back.
+//! multiple ([`pad_to_multiple`]) and cropping back. The `fast` backend
+//! ([`ConvBackend::Fast`], [`conv_cpu`]) computes its own input gradient and has no
+//! such restriction on the CPU.
 
 pub mod conv;
+pub mod conv_cpu;
 pub mod gradcheck;
 pub mod norm;
 pub mod pad;

@@ -130,7 +130,8 @@ pub struct ModelConfig {
     pub discriminator: Preset,
     /// Weight initialisation. Default `{ kind = "normal", std = 0.02 }`.
     pub init: Init,
-    /// Convolution implementation (`candle` is the reference). Default `candle`.
+    /// Convolution implementation: `fast` (the trainer's CPU kernels, Candle's
+    /// ops on a GPU) or `candle` (the reference). Default `fast`.
     pub conv_backend: ConvBackend,
     /// Start the generators at the identity: the weights and bias of their last
     /// convolution are zero, so with a global residual `out = input + tanh(0)` at
