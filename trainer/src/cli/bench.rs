@@ -5,15 +5,13 @@
 
 use std::time::Instant;
 
-use crate::model::{default_device, Network};
+use crate::model::default_device;
 use crate::nn::ConvBackend;
-use crate::train::cyclegan::CycleGan;
-use crate::train::supervised::Supervised;
-use crate::train::{Method, TrainConfig};
+use crate::train::{build_method, TrainConfig};
 use anyhow::Context;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use clap::{Args, ValueEnum};
-use ldct_proto::arch::{Arch, Preset, ResnetConfig};
+use ldct_proto::arch::{Preset, ResnetConfig};
 use ldct_proto::manifest::Method as MethodKind;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -64,27 +62,10 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
         ..ResnetConfig::default()
     });
     config.model.discriminator = Preset::Patchgan(Default::default());
-    let net = |p: &Preset, seed: u64| -> anyhow::Result<Network> {
-        Ok(Network::new(
-            Arch::from_preset(p)?,
-            &device,
-            DType::F32,
-            Default::default(),
-            seed,
-        )?
-        .with_backend(args.conv_backend))
-    };
-    let g = net(&config.model.generator, 1)?;
-    let mut method: Box<dyn Method> = match args.method {
-        BenchMethod::Supervised => Box::new(Supervised::new(g, &config)?),
-        BenchMethod::Cyclegan => Box::new(CycleGan::new(
-            g,
-            net(&config.model.generator, 2)?,
-            net(&config.model.discriminator, 3)?,
-            net(&config.model.discriminator, 4)?,
-            &config,
-        )?),
-    };
+    config.model.conv_backend = args.conv_backend;
+    config.data.patch = args.patch;
+    config.data.batch = args.batch;
+    let mut method = build_method(&config, &device)?;
     let shape = (args.batch, 1, args.patch, args.patch);
     let low = (Tensor::randn(0f32, 0.3, shape, &device)?.tanh())?;
     let full = (Tensor::randn(0f32, 0.3, shape, &device)?.tanh())?;

@@ -3,10 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::model::{default_device, Network};
-use crate::train::{data, eval, TrainConfig};
+use crate::train::{eval, load_generator};
 use anyhow::{bail, Context};
-use candle_core::DType;
 use clap::Args;
 use ldct_imaging::{npy, read};
 use ndarray::Array3;
@@ -25,14 +23,7 @@ pub struct DenoiseArgs {
 }
 
 pub fn run(args: DenoiseArgs) -> anyhow::Result<()> {
-    let config_path = args.run.join("train.toml");
-    let window = if config_path.exists() {
-        TrainConfig::from_file(&config_path)?.data.window
-    } else {
-        [-1000.0, 1000.0]
-    };
-    let norm = data::normaliser(window)?;
-    let net = Network::load_dir(&args.run, &default_device(), DType::F32)
+    let (net, norm) = load_generator(&args.run)
         .with_context(|| format!("loading the generator of {}", args.run.display()))?;
     let slices =
         read::read_ct(&args.input).with_context(|| format!("reading {}", args.input.display()))?;

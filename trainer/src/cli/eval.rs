@@ -5,10 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::model::{default_device, Network};
-use crate::train::{data, eval, TrainConfig};
+use crate::train::{eval, load_generator};
 use anyhow::Context;
-use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldct_imaging::aapm::{self, Split};
@@ -33,14 +31,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let config_path = args.run.join("train.toml");
-    let window = if config_path.exists() {
-        TrainConfig::from_file(&config_path)?.data.window
-    } else {
-        [-1000.0, 1000.0]
-    };
-    let norm = data::normaliser(window)?;
-    let net = Network::load_dir(&args.run, &default_device(), DType::F32)
+    let (net, norm) = load_generator(&args.run)
         .with_context(|| format!("loading the generator of {}", args.run.display()))?;
     let split: Split = args.split.parse()?;
     let pairs = aapm::list_pairs(&args.data, split)?;

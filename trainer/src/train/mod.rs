@@ -29,4 +29,4 @@ pub mod supervised;
 
 pub use config::TrainConfig;
 pub use method::Method;
-pub use run::{fit, FitOptions, FitOutcome, TrainError};
+pub use run::{build_method, fit, load_generator, FitOptions, FitOutcome, TrainError};

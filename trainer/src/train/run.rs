@@ -347,7 +347,23 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
     })
 }
 
-fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>, TrainError> {
+/// A run folder's generator (on the default device) and the normaliser of its
+/// `train.toml` (the default window when the folder has none): what `eval` and
+/// `denoise` run.
+pub fn load_generator(run: &Path) -> Result<(Network, Normaliser), TrainError> {
+    let config_path = run.join(CONFIG_FILE);
+    let window = if config_path.exists() {
+        TrainConfig::from_file(&config_path)?.data.window
+    } else {
+        super::config::DataConfig::default().window
+    };
+    let norm = data::normaliser(window)?;
+    let net = Network::load_dir(run, &default_device(), DType::F32)?;
+    Ok((net, norm))
+}
+
+/// The networks and optimisers of a configuration's method, freshly initialised.
+pub fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>, TrainError> {
     let m = &config.model;
     let net = |preset: &ldct_proto::arch::Preset, stream: u64| -> Result<Network, TrainError> {
         let arch = Arch::from_preset(preset).map_err(ModelError::from)?;
