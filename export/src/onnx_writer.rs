@@ -11,6 +11,8 @@
 //! | `BatchNorm`              | `BatchNormalization` inference form (running statistics)           |
 //! | `Relu`, `LeakyRelu`, `Tanh` | `Relu`, `LeakyRelu` (alpha), `Tanh`                             |
 //! | `Add`, `Concat`          | `Add`, `Concat` (axis 1)                                           |
+//! | `Mul`, `Div`, `Exp`      | `Mul`, `Div`, `Exp`                                                |
+//! | `Affine`                 | `Mul` by the scalar initializer `{node}.scale`, then `Add` of `{node}.shift` (a factor 1 or a shift 0 is left out; both: `Identity`) |
 //! | `Upsample`               | `Resize` with scales (nearest: asymmetric + floor; bilinear: linear + half_pixel) |
 //!
 //! Weights are initializers named exactly as [`Arch::parameters`] (the safetensors
@@ -547,6 +549,31 @@ pub fn build_model(
             ),
             Op::Tanh => b.node("Tanh", name, &[x], &out, vec![]),
             Op::Add => b.node("Add", name, &[x, ins[1].as_str()], &out, vec![]),
+            Op::Mul => b.node("Mul", name, &[x, ins[1].as_str()], &out, vec![]),
+            Op::Div => b.node("Div", name, &[x, ins[1].as_str()], &out, vec![]),
+            Op::Exp => b.node("Exp", name, &[x], &out, vec![]),
+            Op::Affine { scale, shift } => {
+                let (sc, sh) = (pname("scale"), pname("shift"));
+                // Scalars in the graph's precision (broadcast over [N, C, H, W]).
+                match (scale != 1.0, shift != 0.0) {
+                    (true, true) => {
+                        let scaled = pname("scaled");
+                        b.float(&sc, &[], &[scale as f32], false);
+                        b.float(&sh, &[], &[shift as f32], false);
+                        b.node("Mul", &pname("mul"), &[x, &sc], &scaled, vec![]);
+                        b.node("Add", name, &[&scaled, &sh], &out, vec![]);
+                    }
+                    (true, false) => {
+                        b.float(&sc, &[], &[scale as f32], false);
+                        b.node("Mul", name, &[x, &sc], &out, vec![]);
+                    }
+                    (false, true) => {
+                        b.float(&sh, &[], &[shift as f32], false);
+                        b.node("Add", name, &[x, &sh], &out, vec![]);
+                    }
+                    (false, false) => b.node("Identity", name, &[x], &out, vec![]),
+                }
+            }
             Op::Concat => {
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
                 b.node("Concat", name, &refs, &out, vec![attr::int("axis", 1)]);

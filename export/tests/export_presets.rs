@@ -102,6 +102,52 @@ fn custom() -> Arch {
     arch
 }
 
+/// Two networks (prefixed `a.` and `b.`) combined with every element-wise op:
+/// `out = (a * e) / (0.5 e + 1) - 0.25 + input` with `e = exp(0.3 b)`, plus an
+/// identity `Affine` (the graphs Noise2Score and ISCL deploy are built like this).
+fn composed() -> Arch {
+    let n = |name: &str, op: Op, inputs: &[&str]| Node {
+        name: name.into(),
+        op,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+    };
+    let net = Arch::from_preset(&Preset::Unet(UnetConfig {
+        base: 4,
+        depth: 2,
+        norm: Norm::Instance,
+        tanh: false,
+        global_residual: false,
+    }))
+    .unwrap();
+    let mut nodes = net.prefixed_nodes("a");
+    nodes.extend(net.prefixed_nodes("b"));
+    let (a, b) = (
+        format!("a.{}", net.output_node()),
+        format!("b.{}", net.output_node()),
+    );
+    let affine = |scale, shift| Op::Affine { scale, shift };
+    nodes.extend([
+        n("b_scaled", affine(0.3, 0.0), &[&b]),
+        n("e", Op::Exp, &["b_scaled"]),
+        n("prod", Op::Mul, &[&a, "e"]),
+        n("den", affine(0.5, 1.0), &["e"]),
+        n("quot", Op::Div, &["prod", "den"]),
+        n("shifted", affine(1.0, -0.25), &["quot"]),
+        n("same", affine(1.0, 0.0), &["shifted"]),
+        n("out", Op::Add, &["same", INPUT]),
+    ]);
+    let arch = Arch {
+        schema_version: ldct_proto::arch::ARCH_SCHEMA_VERSION,
+        name: "composed_elementwise".into(),
+        preset: Preset::Custom,
+        input_channels: 1,
+        output_channels: 1,
+        nodes,
+    };
+    arch.validate().unwrap();
+    arch
+}
+
 fn network(arch: Arch, seed: u64) -> Network {
     let mut net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), seed).unwrap();
     net.randomise_for_testing(seed).unwrap();
@@ -413,6 +459,20 @@ fn every_preset_exports_with_parity_in_python_and_rust() {
             "custom_upsample",
             network(custom(), 7),
             Precision::Fp32,
+            &odd,
+        ),
+        export_case(
+            tmp.path(),
+            "composed_elementwise",
+            network(composed(), 8),
+            Precision::Fp32,
+            &odd,
+        ),
+        export_case(
+            tmp.path(),
+            "composed_elementwise_fp16",
+            network(composed(), 8),
+            Precision::Fp16,
             &odd,
         ),
         export_case(

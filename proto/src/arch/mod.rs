@@ -102,7 +102,8 @@ pub struct Node {
     /// What the node computes.
     pub op: Op,
     /// [`INPUT`] or names of earlier nodes. One input for every op except
-    /// [`Op::Add`] (two) and [`Op::Concat`] (two or more).
+    /// [`Op::Add`], [`Op::Mul`], [`Op::Div`] (two) and [`Op::Concat`] (two or
+    /// more).
     pub inputs: Vec<String>,
 }
 
@@ -186,6 +187,16 @@ pub enum Op {
     Concat,
     /// Upsampling of H and W by an integer `scale`.
     Upsample { scale: usize, mode: UpsampleMode },
+    /// `scale * x + shift`, element-wise (one input). ONNX: `Mul` and `Add` with
+    /// scalar initialisers (an identity part is left out).
+    Affine { scale: f64, shift: f64 },
+    /// `exp(x)`, element-wise.
+    Exp,
+    /// Element-wise product of two inputs of the same shape.
+    Mul,
+    /// Element-wise quotient `inputs[0] / inputs[1]` of two inputs of the same
+    /// shape.
+    Div,
 }
 
 fn one() -> usize {
@@ -277,6 +288,10 @@ impl Op {
             Op::Add => "add",
             Op::Concat => "concat",
             Op::Upsample { .. } => "upsample",
+            Op::Affine { .. } => "affine",
+            Op::Exp => "exp",
+            Op::Mul => "mul",
+            Op::Div => "div",
         }
     }
 
@@ -336,7 +351,7 @@ impl Op {
     /// Number of inputs the op takes: `(min, max)`.
     fn arity(&self) -> (usize, usize) {
         match self {
-            Op::Add => (2, 2),
+            Op::Add | Op::Mul | Op::Div => (2, 2),
             Op::Concat => (2, usize::MAX),
             _ => (1, 1),
         }
@@ -555,14 +570,28 @@ impl Arch {
                     positive("scale", scale)?;
                     c
                 }
-                Op::ReflectionPad2d { .. } | Op::ZeroPad2d { .. } | Op::Relu | Op::Tanh => c,
-                Op::Add => {
+                Op::Affine { scale, shift } => {
+                    if !(scale.is_finite() && shift.is_finite()) {
+                        return Err(invalid(name, "scale and shift must be finite".into()));
+                    }
+                    c
+                }
+                Op::ReflectionPad2d { .. }
+                | Op::ZeroPad2d { .. }
+                | Op::Relu
+                | Op::Tanh
+                | Op::Exp => c,
+                Op::Add | Op::Mul | Op::Div => {
                     if in_ch[1] != c {
                         return Err(invalid(
                             name,
                             format!(
-                                "adds `{}` ({c} channels) and `{}` ({} channels)",
-                                node.inputs[0], node.inputs[1], in_ch[1]
+                                "{} `{}` ({c} channels) and `{}` ({} channels): element-wise \
+                                 ops need equal shapes",
+                                node.op.kind(),
+                                node.inputs[0],
+                                node.inputs[1],
+                                in_ch[1]
                             ),
                         ));
                     }
@@ -675,7 +704,7 @@ impl Arch {
                 }
                 Op::ZeroPad2d { pad } => (s.h + 2 * pad, s.w + 2 * pad),
                 Op::Upsample { scale, .. } => (s.h * scale, s.w * scale),
-                Op::Add | Op::Concat => {
+                Op::Add | Op::Mul | Op::Div | Op::Concat => {
                     for r in &node.inputs[1..] {
                         let o = get(r);
                         if (o.h, o.w) != (s.h, s.w) {
@@ -694,7 +723,9 @@ impl Arch {
                 | Op::BatchNorm { .. }
                 | Op::Relu
                 | Op::LeakyRelu { .. }
-                | Op::Tanh => (s.h, s.w),
+                | Op::Tanh
+                | Op::Affine { .. }
+                | Op::Exp => (s.h, s.w),
             };
             index.insert(name, i);
             shapes.push(NodeShape {
@@ -778,7 +809,8 @@ impl Arch {
     }
 
     /// Multiply-accumulate operations of one forward pass on one `h x w` image
-    /// (convolutions only; FLOPs are about twice this).
+    /// (convolutions only: element-wise ops, norms and activations count 0;
+    /// FLOPs are about twice this).
     pub fn macs(&self, h: usize, w: usize) -> Result<u64, ArchError> {
         let shapes = self.infer_shapes(h, w)?;
         let index: HashMap<&str, usize> = self
@@ -825,6 +857,29 @@ impl Arch {
             self.output_channels,
             self.parameter_count() as f64 / 1e6
         )
+    }
+
+    /// The nodes with every node name, and every input other than [`INPUT`],
+    /// renamed to `{prefix}.{name}`; [`INPUT`] stays as is. Parameter names so
+    /// become `{prefix}.{param}`. Graphs made of several networks are
+    /// [`Preset::Custom`] architectures built from such prefixed node lists plus
+    /// nodes that combine them.
+    pub fn prefixed_nodes(&self, prefix: &str) -> Vec<Node> {
+        let rename = |r: &str| {
+            if r == INPUT {
+                INPUT.to_string()
+            } else {
+                format!("{prefix}.{r}")
+            }
+        };
+        self.nodes
+            .iter()
+            .map(|n| Node {
+                name: format!("{prefix}.{}", n.name),
+                op: n.op.clone(),
+                inputs: n.inputs.iter().map(|r| rename(r)).collect(),
+            })
+            .collect()
     }
 
     /// Pretty JSON (the `arch.json` of a run folder).

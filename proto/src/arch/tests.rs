@@ -374,3 +374,198 @@ fn json_schema_of_a_tiny_resnet() {
     assert_eq!(last["op"]["type"], "add");
     assert_eq!(last["inputs"], serde_json::json!([INPUT, "head.tanh"]));
 }
+
+fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+    Node {
+        name: name.into(),
+        op,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn small_unet() -> Arch {
+    Arch::from_preset(&Preset::Unet(UnetConfig {
+        base: 4,
+        depth: 2,
+        norm: Norm::Instance,
+        tanh: false,
+        global_residual: false,
+    }))
+    .unwrap()
+}
+
+/// Two prefixed networks combined with every element-wise op: `a * exp(b) / (0.5 *
+/// a + 2) + a`.
+fn composed() -> Arch {
+    let net = small_unet();
+    let mut nodes = net.prefixed_nodes("a");
+    nodes.extend(net.prefixed_nodes("b"));
+    let a = format!("a.{}", net.output_node());
+    let b = format!("b.{}", net.output_node());
+    nodes.push(node("exp", Op::Exp, &[&b]));
+    nodes.push(node("prod", Op::Mul, &[&a, "exp"]));
+    nodes.push(node(
+        "den",
+        Op::Affine {
+            scale: 0.5,
+            shift: 2.0,
+        },
+        &[&a],
+    ));
+    nodes.push(node("quot", Op::Div, &["prod", "den"]));
+    nodes.push(node("out", Op::Add, &["quot", INPUT]));
+    Arch {
+        schema_version: ARCH_SCHEMA_VERSION,
+        name: "composed".into(),
+        preset: Preset::Custom,
+        input_channels: 1,
+        output_channels: 1,
+        nodes,
+    }
+}
+
+#[test]
+fn prefixed_nodes_rename_nodes_inputs_and_parameters() {
+    let net = small_unet();
+    let nodes = net.prefixed_nodes("score");
+    assert_eq!(nodes.len(), net.nodes.len());
+    for (p, n) in nodes.iter().zip(&net.nodes) {
+        assert_eq!(p.name, format!("score.{}", n.name));
+        assert_eq!(p.op, n.op);
+        for (pi, ni) in p.inputs.iter().zip(&n.inputs) {
+            if ni == INPUT {
+                assert_eq!(pi, INPUT);
+            } else {
+                assert_eq!(pi, &format!("score.{ni}"));
+            }
+        }
+    }
+    assert_eq!(nodes[0].inputs, vec![INPUT.to_string()]);
+    let arch = Arch {
+        nodes,
+        preset: Preset::Custom,
+        ..net.clone()
+    };
+    arch.validate().unwrap();
+    let names: Vec<String> = arch.parameters().into_iter().map(|p| p.name).collect();
+    let expected: Vec<String> = net
+        .parameters()
+        .into_iter()
+        .map(|p| format!("score.{}", p.name))
+        .collect();
+    assert_eq!(names, expected);
+    assert_eq!(arch.parameter_count(), net.parameter_count());
+    assert_eq!(arch.macs(16, 16).unwrap(), net.macs(16, 16).unwrap());
+    assert_eq!(arch.spatial_multiple(), net.spatial_multiple());
+}
+
+#[test]
+fn composed_graph_with_elementwise_ops() {
+    let net = small_unet();
+    let arch = composed();
+    arch.validate().unwrap();
+    assert_eq!(arch.parameter_count(), 2 * net.parameter_count());
+    // Element-wise ops count no MACs: two networks' worth.
+    assert_eq!(arch.macs(16, 12).unwrap(), 2 * net.macs(16, 12).unwrap());
+    assert_eq!(arch.output_shape(16, 12).unwrap().to_string(), "1x16x12");
+    assert_eq!(arch.spatial_multiple(), 4);
+    assert!(arch.preserves_size());
+    assert!(arch.summary().contains("custom graph"));
+    let json = arch.to_json();
+    let back = Arch::from_json(&json).unwrap();
+    assert_eq!(back, arch);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ops: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["op"]["type"].as_str().unwrap())
+        .collect();
+    for k in ["exp", "mul", "affine", "div"] {
+        assert!(ops.contains(&k), "{k} missing from {ops:?}");
+    }
+    let den = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "den")
+        .unwrap();
+    assert_eq!(den["op"]["scale"], 0.5);
+    assert_eq!(den["op"]["shift"], 2.0);
+}
+
+#[test]
+fn elementwise_ops_validate_arity_channels_and_sizes() {
+    let conv = |name: &str, cout: usize, stride: usize| {
+        node(
+            name,
+            Op::Conv2d {
+                in_channels: 1,
+                out_channels: cout,
+                kernel: 3,
+                stride,
+                padding: 1,
+                dilation: 1,
+                bias: true,
+            },
+            &[INPUT],
+        )
+    };
+    let arch = |nodes: Vec<Node>| Arch {
+        schema_version: ARCH_SCHEMA_VERSION,
+        name: "t".into(),
+        preset: Preset::Custom,
+        input_channels: 1,
+        output_channels: 1,
+        nodes,
+    };
+    for op in [Op::Mul, Op::Div] {
+        // Two inputs needed.
+        let a = arch(vec![conv("c", 1, 1), node("m", op.clone(), &["c"])]);
+        assert!(a.validate().unwrap_err().to_string().contains("2 input"));
+        // Channels must agree.
+        let a = arch(vec![
+            conv("c", 2, 1),
+            node("m", op.clone(), &["c", INPUT]),
+            node(
+                "h",
+                Op::Affine {
+                    scale: 1.0,
+                    shift: 0.0,
+                },
+                &["m"],
+            ),
+        ]);
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("equal shapes"), "{e}");
+        // Spatial sizes must agree.
+        let a = arch(vec![conv("c", 1, 2), node("m", op.clone(), &["c", INPUT])]);
+        a.validate().unwrap();
+        assert!(a.infer_shapes(8, 8).is_err());
+        // Same shapes: fine.
+        let a = arch(vec![conv("c", 1, 1), node("m", op, &["c", INPUT])]);
+        assert_eq!(a.output_shape(8, 6).unwrap().to_string(), "1x8x6");
+    }
+    for op in [
+        Op::Exp,
+        Op::Affine {
+            scale: 2.0,
+            shift: -1.0,
+        },
+    ] {
+        let a = arch(vec![node("e", op.clone(), &[INPUT])]);
+        assert_eq!(a.output_shape(5, 7).unwrap().to_string(), "1x5x7");
+        assert_eq!(a.macs(5, 7).unwrap(), 0);
+        let a = arch(vec![conv("c", 1, 1), node("e", op, &["c", INPUT])]);
+        assert!(a.validate().is_err());
+    }
+    let a = arch(vec![node(
+        "e",
+        Op::Affine {
+            scale: f64::NAN,
+            shift: 0.0,
+        },
+        &[INPUT],
+    )]);
+    assert!(a.validate().unwrap_err().to_string().contains("finite"));
+}

@@ -547,6 +547,10 @@ impl Network {
                 Op::LeakyRelu { slope } => candle_nn::ops::leaky_relu(a, slope)?,
                 Op::Tanh => a.tanh()?,
                 Op::Add => a.add(inputs[1])?,
+                Op::Mul => a.mul(inputs[1])?,
+                Op::Div => a.div(inputs[1])?,
+                Op::Exp => a.exp()?,
+                Op::Affine { scale, shift } => a.affine(scale, shift)?,
                 Op::Concat => Tensor::cat(&inputs, 1)?,
                 Op::Upsample { scale, mode } => {
                     let (_, _, h, w) = a.dims4()?;
