@@ -144,6 +144,29 @@ fn cyclegan_losses_fall() {
     }
 }
 
+#[test]
+fn cyclegan_with_highpass_discriminators_trains_through_the_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let mut config = tiny_config(Method::Cyclegan, &data);
+    config.schedule.epochs = 4;
+    let image_run = tmp.path().join("image");
+    fit(&config, &opts(&image_run)).unwrap();
+    config.model.d_view = ldct_train::train::disc_view::DiscView::Highpass;
+    let hp_run = tmp.path().join("highpass");
+    fit(&config, &opts(&hp_run)).unwrap();
+    for name in ["g_total", "d_full", "d_low"] {
+        let l = column(&hp_run, name);
+        assert!(l[3] < l[0], "{name} did not fall: {l:?}");
+    }
+    // Same seed and data: only the discriminators' input differs, so the losses must.
+    assert_ne!(column(&hp_run, "d_full"), column(&image_run, "d_full"));
+    // The view is recorded in the run's resolved configuration.
+    let toml = std::fs::read_to_string(hp_run.join("train.toml")).unwrap();
+    assert!(toml.contains("d_view = \"highpass\""), "{toml}");
+}
+
 fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
     for f in files {
         let (x, y) = (

@@ -15,7 +15,7 @@
 //!   `input + tanh(head(x))`: the network predicts a bounded correction in (-1, 1)
 //!   (up to 1000 HU at the default [-1000, 1000] window; a zero head is exactly
 //!   the identity), and its output may leave [-1, 1] slightly (denormalisation
-//!   clips). tanh is applied to the correction, not to the sum, so that the
+//!   does not clip). tanh is applied to the correction, not to the sum, so that the
 //!   window's extremes (-1 and 1, e.g. air) stay reachable.
 //!
 //! Node names (and so parameter names):

@@ -1,4 +1,5 @@
-//! `ldct-train dataset import`: build an AAPM-layout dataset from full-dose CT.
+//! `ldct-train dataset import`: build an AAPM-layout dataset from full-dose CT;
+//! `ldct-train dataset gaussian`: the same with synthetic Gaussian noise.
 
 use std::path::PathBuf;
 
@@ -7,13 +8,35 @@ use clap::{Args, Subcommand, ValueEnum};
 use ldct_imaging::raw::{Endian, RawDtype};
 
 use super::simulate::SimOptions;
-use crate::dataset::{import, ImportOptions, Source};
+use crate::dataset::{import, make_gaussian, GaussianOptions, ImportOptions, Source};
 
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
     /// Read a full-dose source, split it by contiguous slice ranges, simulate the
     /// low-dose partners, write {train,test}/{fd,qd}/NNNN.npy (HU) and dataset.json.
     Import(ImportArgs),
+    /// From an AAPM-layout dataset, write one whose qd slices are its fd slices
+    /// plus white Gaussian noise of a known sigma in HU (both splits).
+    Gaussian(GaussianArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GaussianArgs {
+    /// The source dataset ({train,test}/{fd,qd}/*.npy); only its fd slices are read.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Noise sigma in HU.
+    #[arg(long)]
+    pub sigma_hu: f64,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite an existing dataset in --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +104,23 @@ pub struct ImportArgs {
 pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
     match cmd {
         DatasetCommand::Import(args) => run_import(args),
+        DatasetCommand::Gaussian(args) => {
+            let summary = make_gaussian(&GaussianOptions {
+                from: args.from,
+                out: args.out.clone(),
+                sigma_hu: args.sigma_hu,
+                seed: args.seed,
+                force: args.force,
+            })?;
+            tracing::info!(
+                out = %args.out.display(),
+                train = summary.train,
+                test = summary.test,
+                sigma_hu = args.sigma_hu,
+                "gaussian dataset written"
+            );
+            Ok(())
+        }
     }
 }
 

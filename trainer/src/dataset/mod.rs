@@ -11,8 +11,10 @@
 
 use std::ops::Range;
 
+pub mod gaussian;
 pub mod import;
 
+pub use gaussian::{make_gaussian, GaussianOptions, GaussianSummary};
 pub use import::{import, ImportOptions, ImportSummary, Source};
 
 use serde::{Deserialize, Serialize};

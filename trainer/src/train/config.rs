@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use ldct_proto::arch::{PatchganConfig, Preset, ResnetConfig};
+use ldct_proto::arch::{PatchganConfig, Preset, ResnetConfig, UnetConfig};
 use ldct_proto::manifest::Method;
 use serde::{Deserialize, Serialize};
 
+use super::disc_view::DiscView;
 use crate::model::Init;
 use crate::nn::ConvBackend;
 
@@ -35,7 +36,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// `supervised` (paired L1/MSE) or `cyclegan` (unpaired). Default `supervised`.
+    /// `supervised` (paired L1/MSE), `cyclegan` or `iscl` (unpaired). Default
+    /// `supervised`.
     pub method: Method,
     /// Seed of the initialisation, the patch sampler and the image pool. Default 1.
     pub seed: u64,
@@ -45,6 +47,8 @@ pub struct TrainConfig {
     pub schedule: ScheduleConfig,
     pub supervised: SupervisedConfig,
     pub cyclegan: CycleganConfig,
+    pub iscl: IsclConfig,
+    pub noise2score: Noise2scoreConfig,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +62,8 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             supervised: SupervisedConfig::default(),
             cyclegan: CycleganConfig::default(),
+            iscl: IsclConfig::default(),
+            noise2score: Noise2scoreConfig::default(),
         }
     }
 }
@@ -126,8 +132,15 @@ pub struct ModelConfig {
     /// `{ kind = "resnet", ngf = 32, n_blocks = 6 }` (instance norm, tanh, global
     /// residual).
     pub generator: Preset,
-    /// CycleGAN's discriminators. Default `{ kind = "patchgan", ndf = 32, n_layers = 3 }`.
+    /// The discriminators of `cyclegan` and `iscl`. Default `{ kind = "patchgan",
+    /// ndf = 32, n_layers = 3 }`.
     pub discriminator: Preset,
+    /// What the discriminators see: `image` (the seeds' recipe) or `highpass`
+    /// (`d_highpass_gain * (x - mean3x3(x))`, a fixed differentiable layer in
+    /// front of every discriminator; see [`crate::train::disc_view`]). Default `image`.
+    pub d_view: DiscView,
+    /// Gain of the `highpass` view. Default 10.
+    pub d_highpass_gain: f64,
     /// Weight initialisation. Default `{ kind = "normal", std = 0.02 }`.
     pub init: Init,
     /// Convolution implementation: `fast` (the trainer's CPU kernels, Candle's
@@ -151,6 +164,8 @@ impl Default for ModelConfig {
                 ndf: 32,
                 ..PatchganConfig::default()
             }),
+            d_view: DiscView::Image,
+            d_highpass_gain: 10.0,
             init: Init::default(),
             conv_backend: ConvBackend::default(),
             zero_head: false,
@@ -268,6 +283,173 @@ impl Default for CycleganConfig {
     }
 }
 
+/// ISCL (Lee & Jeong 2021); weights from the authors' code. See
+/// [`crate::train::iscl`] for the losses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsclConfig {
+    /// Weight of the L1 cycle losses `|G(F(y)) - y| + |F(G(x)) - x|`. Default 30.
+    pub lambda_cycle: f64,
+    /// Weight of the L1 bypass losses `|F(y) - (y - H(y))| + |F(x + H(y)) - x|`.
+    /// Default 30.
+    pub lambda_bypass: f64,
+    /// Weight of the discriminators' boosting loss (the bypass images `y - H(y)`
+    /// and `x + H(y)` scored as fakes). Default 1 (0: off).
+    pub lambda_boost: f64,
+    /// The denoiser is `gamma * F(y) + (1 - gamma) * (y - H(y))`, gamma in [0, 1].
+    /// Default 0.5.
+    pub gamma: f64,
+    /// Fakes kept in each discriminator's image pool. Default 0 (no pool, as the
+    /// authors' code).
+    pub pool_size: usize,
+    /// The noise extractor H (noisy -> noise): a `resnet` or `unet` preset
+    /// without a global residual. Default unset: `model.generator` with
+    /// `tanh = false` and `global_residual = false`.
+    pub extractor: Option<Preset>,
+}
+
+impl Default for IsclConfig {
+    fn default() -> Self {
+        Self {
+            lambda_cycle: 30.0,
+            lambda_bypass: 30.0,
+            lambda_boost: 1.0,
+            gamma: 0.5,
+            pool_size: 0,
+            extractor: None,
+        }
+    }
+}
+
+impl IsclConfig {
+    /// The extractor preset in use: `extractor`, or the generator's preset with
+    /// neither tanh nor global residual.
+    pub fn extractor_preset(&self, generator: &Preset) -> Result<Preset, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        match &self.extractor {
+            Some(
+                p @ Preset::Resnet(ResnetConfig {
+                    global_residual: false,
+                    ..
+                }),
+            )
+            | Some(
+                p @ Preset::Unet(UnetConfig {
+                    global_residual: false,
+                    ..
+                }),
+            ) => Ok(p.clone()),
+            Some(p) => bad(format!(
+                "iscl.extractor must be a resnet or unet with global_residual = false \
+                 (it predicts the noise, not an image), got {}",
+                p.describe()
+            )),
+            None => match generator {
+                Preset::Resnet(c) => Ok(Preset::Resnet(ResnetConfig {
+                    tanh: false,
+                    global_residual: false,
+                    ..c.clone()
+                })),
+                Preset::Unet(c) => Ok(Preset::Unet(UnetConfig {
+                    tanh: false,
+                    global_residual: false,
+                    ..c.clone()
+                })),
+                other => bad(format!(
+                    "iscl.extractor is unset and model.generator ({}) has no variant \
+                     without a global residual: set iscl.extractor to a resnet or unet",
+                    other.describe()
+                )),
+            },
+        }
+    }
+}
+
+/// The noise model whose Tweedie formula [`crate::train::noise2score`] denoises with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseModel {
+    /// Additive Gaussian noise in the normalised range: `x = y + sigma^2 s(y)`.
+    #[default]
+    Gaussian,
+    /// Poisson noise on the intensity `t = (y + 1) / 2`:
+    /// `x_t = (t + eta/2) exp(eta s_t(t))`.
+    Poisson,
+    /// Multiplicative Gamma noise on `t`: `x_t = k t / ((k - 1) - t s_t(t))`.
+    Gamma,
+}
+
+/// How the AR-DAE sigma of a step is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SigmaSchedule {
+    /// Linear from `sigma_max` to `sigma_min` over `anneal_steps`, then `sigma_min`
+    /// (one sigma for the whole batch).
+    Annealed,
+    /// Per sample, uniform in `[0, sigma_max]`.
+    Uniform,
+    /// `sigma_max` at every step (`sigma_min` and `anneal_steps` are unused). The
+    /// default: on real head CT it measured best (trainer/README.md, Noise2Score).
+    #[default]
+    Fixed,
+}
+
+/// Noise2Score (Kim & Ye 2021): AR-DAE score network + Tweedie denoiser. See
+/// [`crate::train::noise2score`]. Sigmas are relative to the noise scale `c`
+/// (the Gaussian noise sigma of the low-dose data, normalised range).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Noise2scoreConfig {
+    /// `gaussian`, `poisson` or `gamma`. Default `gaussian`.
+    pub noise: NoiseModel,
+    /// Gaussian noise sigma in the normalised range (HU / half the window width).
+    /// Default unset: estimated from the training low-dose slices (Haar MAD).
+    pub sigma: Option<f64>,
+    /// Poisson scale on `t = (y + 1) / 2`. Default unset: estimated.
+    pub eta: Option<f64>,
+    /// Gamma shape on `t` (> 1). Default unset: estimated.
+    pub k: Option<f64>,
+    /// The noise scale `c` (normalised range): the score network outputs `c * s`
+    /// and the AR-DAE sigmas are `rho * c`. Default unset: `sigma` for `gaussian`
+    /// (given or estimated), the estimated Gaussian sigma otherwise.
+    pub noise_scale: Option<f64>,
+    /// `fixed`, `annealed` or `uniform`. Default `fixed`. The Gaussian Tweedie
+    /// step uses the smoothing of the last steps (see
+    /// [`crate::train::noise2score`]): `sigma_min` (annealed), `sigma_max` (fixed),
+    /// `sqrt(0.6) sigma_max` (uniform, to first order).
+    pub schedule: SigmaSchedule,
+    /// Largest relative AR-DAE sigma `rho` (in units of `c`). Default 0.5 (the
+    /// authors' 0.05 for noise sigma 25/255).
+    pub sigma_max: f64,
+    /// Smallest relative AR-DAE sigma (annealed). Default 0.1: the learnt score is
+    /// that of the data smoothed by `rho c` (the Gaussian Tweedie step accounts for
+    /// it), while the gradient noise grows as `rho` falls.
+    pub sigma_min: f64,
+    /// Steps of the linear annealing. Default unset: the steps before the learning
+    /// rate starts to decay (`(epochs - decay_epochs) * steps_per_epoch`).
+    pub anneal_steps: Option<u64>,
+    /// Use every patch with `u` and `-u` (twice the compute, far less gradient
+    /// noise at small sigma). Default true.
+    pub antithetic: bool,
+}
+
+impl Default for Noise2scoreConfig {
+    fn default() -> Self {
+        Self {
+            noise: NoiseModel::Gaussian,
+            sigma: None,
+            eta: None,
+            k: None,
+            noise_scale: None,
+            schedule: SigmaSchedule::Fixed,
+            sigma_max: 0.5,
+            sigma_min: 0.1,
+            anneal_steps: None,
+            antithetic: true,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -301,14 +483,8 @@ impl TrainConfig {
     /// Checks what can be checked without the data.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        match self.method {
-            Method::Supervised | Method::Cyclegan => {}
-            other => {
-                return bad(format!(
-                    "method `{other}` is not trained by this version of ldct-train (supervised, cyclegan)"
-                ))
-            }
-        }
+        // Every method of the manifest (supervised, cyclegan, noise2score, iscl) is
+        // trained by this version.
         let d = &self.data;
         if d.patch < 8 {
             return bad(format!("data.patch must be at least 8, got {}", d.patch));
@@ -340,6 +516,10 @@ impl TrainConfig {
         if s.checkpoint_every == 0 {
             return bad("schedule.checkpoint_every must be at least 1".into());
         }
+        let g = self.model.d_highpass_gain;
+        if !(g > 0.0 && g.is_finite()) {
+            return bad(format!("model.d_highpass_gain must be positive, got {g}"));
+        }
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return bad(format!("optim.lr must be positive, got {}", o.lr));
@@ -347,13 +527,76 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
         }
+        if self.method == Method::Iscl {
+            let c = &self.iscl;
+            for (name, v) in [
+                ("lambda_cycle", c.lambda_cycle),
+                ("lambda_bypass", c.lambda_bypass),
+                ("lambda_boost", c.lambda_boost),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return bad(format!("iscl.{name} must be finite and >= 0, got {v}"));
+                }
+            }
+            if !(0.0..=1.0).contains(&c.gamma) {
+                return bad(format!("iscl.gamma must be in [0, 1], got {}", c.gamma));
+            }
+            c.extractor_preset(&self.model.generator)?;
+        }
+        if self.method == Method::Noise2score {
+            self.validate_noise2score()?;
+        }
         if matches!(self.model.discriminator, Preset::Patchgan(_))
-            || self.method != Method::Cyclegan
+            || !matches!(self.method, Method::Cyclegan | Method::Iscl)
         {
             Ok(())
         } else {
             bad("model.discriminator must be a patchgan".into())
         }
+    }
+
+    fn validate_noise2score(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("noise2score.{m}")));
+        let c = &self.noise2score;
+        let pos = |v: f64| v > 0.0 && v.is_finite();
+        for (name, v) in [
+            ("sigma", c.sigma),
+            ("eta", c.eta),
+            ("noise_scale", c.noise_scale),
+        ] {
+            if let Some(v) = v {
+                if !pos(v) {
+                    return bad(format!("{name} must be positive, got {v}"));
+                }
+            }
+        }
+        if let Some(k) = c.k {
+            if !(k > 1.0 && k.is_finite()) {
+                return bad(format!("k must be above 1, got {k}"));
+            }
+        }
+        if !pos(c.sigma_max) {
+            return bad(format!("sigma_max must be positive, got {}", c.sigma_max));
+        }
+        if !(c.sigma_min > 0.0
+            && (c.sigma_min <= c.sigma_max || c.schedule != SigmaSchedule::Annealed))
+        {
+            return bad(format!(
+                "sigma_min must be in (0, sigma_max = {}], got {}",
+                c.sigma_max, c.sigma_min
+            ));
+        }
+        if c.anneal_steps == Some(0) {
+            return bad("anneal_steps must be at least 1".into());
+        }
+        if self.data.low.is_some() {
+            return Err(ConfigError::Invalid(
+                "noise2score trains on the low-dose slices of data.root (data.low/full are for \
+                 unpaired CycleGAN data)"
+                    .into(),
+            ));
+        }
+        super::noise2score::score_preset(&self.model.generator).map(|_| ())
     }
 
     /// The dataset root in use (the default when nothing is set).

@@ -13,6 +13,9 @@
 //!        + lambda_identity * (|G(full) - full| + |F(low) - low|)
 //! ```
 //!
+//! Every discriminator input goes through the configured view
+//! ([`super::disc_view`], `model.d_view`).
+//!
 //! Discriminator step, with fakes from the pools:
 //! `loss_D = 0.5 * ((D(real) - 1)^2 + D(pool(fake))^2)` for each domain.
 
@@ -23,6 +26,7 @@ use rand::rngs::StdRng;
 
 use super::adam::Adam;
 use super::config::TrainConfig;
+use super::disc_view::DiscView;
 use super::method::{l1, lsgan, named_trainable, scalar, Method};
 use super::pool::ImagePool;
 use crate::model::{ModelError, Network, WEIGHTS_FILE};
@@ -40,6 +44,8 @@ pub struct CycleGan {
     pool_low: ImagePool,
     lambda_cycle: f64,
     lambda_identity: f64,
+    d_view: DiscView,
+    highpass_gain: f64,
 }
 
 /// Checkpoint sub-folders of the four networks.
@@ -70,7 +76,14 @@ impl CycleGan {
             pool_low: ImagePool::new(c.pool_size),
             lambda_cycle: c.lambda_cycle,
             lambda_identity: c.lambda_identity,
+            d_view: config.model.d_view,
+            highpass_gain: config.model.d_highpass_gain,
         })
+    }
+
+    /// A discriminator's score of `x`, through the configured view.
+    fn score(&self, d: &Network, x: &Tensor) -> Result<Tensor> {
+        self.d_view.score(d, x, self.highpass_gain)
     }
 
     fn nets(&self) -> [&Network; 4] {
@@ -89,8 +102,8 @@ impl Method for CycleGan {
         self.d_low.set_frozen(true);
         let fake_full = self.g.forward(low)?;
         let fake_low = self.f.forward(full)?;
-        let adv = (lsgan(&self.d_full.forward(&fake_full)?, 1.0)?
-            + lsgan(&self.d_low.forward(&fake_low)?, 1.0)?)?;
+        let adv = (lsgan(&self.score(&self.d_full, &fake_full)?, 1.0)?
+            + lsgan(&self.score(&self.d_low, &fake_low)?, 1.0)?)?;
         let cycle =
             (l1(&self.f.forward(&fake_full)?, low)? + l1(&self.g.forward(&fake_low)?, full)?)?;
         let loss_g = (&adv + (&cycle * self.lambda_cycle)?)?;
@@ -110,11 +123,11 @@ impl Method for CycleGan {
         self.d_low.set_frozen(false);
         let pooled_full = self.pool_full.query(&fake_full, rng)?;
         let pooled_low = self.pool_low.query(&fake_low, rng)?;
-        let d_full = ((lsgan(&self.d_full.forward(full)?, 1.0)?
-            + lsgan(&self.d_full.forward(&pooled_full)?, 0.0)?)?
+        let d_full = ((lsgan(&self.score(&self.d_full, full)?, 1.0)?
+            + lsgan(&self.score(&self.d_full, &pooled_full)?, 0.0)?)?
             * 0.5)?;
-        let d_low = ((lsgan(&self.d_low.forward(low)?, 1.0)?
-            + lsgan(&self.d_low.forward(&pooled_low)?, 0.0)?)?
+        let d_low = ((lsgan(&self.score(&self.d_low, low)?, 1.0)?
+            + lsgan(&self.score(&self.d_low, &pooled_low)?, 0.0)?)?
             * 0.5)?;
         let grads = (&d_full + &d_low)?.backward()?;
         self.opt_d.step(&grads, lr)?;

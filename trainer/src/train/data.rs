@@ -340,8 +340,14 @@ pub fn load(config: &super::TrainConfig) -> Result<RunData, DataError> {
         )));
     }
     let mut train = SliceSet::from_aapm(&root, Split::Train, &norm)?;
-    if config.method == ldct_proto::manifest::Method::Cyclegan {
-        // Unpaired sampling: low- and full-dose slices are drawn independently.
+    if matches!(
+        config.method,
+        ldct_proto::manifest::Method::Cyclegan
+            | ldct_proto::manifest::Method::Iscl
+            | ldct_proto::manifest::Method::Noise2score
+    ) {
+        // Unpaired sampling: low- and full-dose slices are drawn independently
+        // (Noise2Score's low-dose crops so never look at the full-dose slice).
         train.paired = false;
     }
     check_sizes(&train, config.data.patch)?;

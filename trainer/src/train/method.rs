@@ -26,6 +26,12 @@ pub trait Method {
 
     /// Restores what [`Method::save_checkpoint`] wrote.
     fn load_checkpoint(&mut self, dir: &Path) -> std::result::Result<(), ModelError>;
+
+    /// What the method resolved before training (e.g. an estimated noise
+    /// parameter), for `run.json` (`method_record`) and `train.log`.
+    fn record(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Mean absolute error.

@@ -1,5 +1,5 @@
 //! Training: the configuration ([`config`]), the data pipeline ([`data`]), the
-//! methods ([`supervised`], [`cyclegan`] behind the [`Method`] trait), Adam
+//! methods ([`supervised`], [`cyclegan`], [`iscl`], [`noise2score`] behind the [`Method`] trait), Adam
 //! ([`adam`]), the image pool ([`pool`]), evaluation ([`eval`]), the loss plot
 //! ([`plot`]) and the run folder and loop ([`run`], [`fit`]).
 //!
@@ -20,8 +20,11 @@ pub mod adam;
 pub mod config;
 pub mod cyclegan;
 pub mod data;
+pub mod disc_view;
 pub mod eval;
+pub mod iscl;
 pub mod method;
+pub mod noise2score;
 pub mod plot;
 pub mod pool;
 pub mod run;

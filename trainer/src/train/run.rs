@@ -21,7 +21,9 @@ use super::config::{ConfigError, TrainConfig};
 use super::cyclegan::CycleGan;
 use super::data::{self, DataError, Prefetcher, Sampler, SliceSet};
 use super::eval::{self, EvalError};
+use super::iscl::Iscl;
 use super::method::Method;
+use super::noise2score::{self, Noise2Score};
 use super::plot;
 use super::supervised::Supervised;
 use crate::model::{default_device, ModelError, Network};
@@ -119,6 +121,10 @@ struct RunRecord {
     conv_backend: String,
     total_steps: u64,
     generator_parameters: usize,
+    /// What the method resolved before training (Noise2Score: the noise model,
+    /// its parameter and where it came from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method_record: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +181,8 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         log.line(&format!("resumed at step {} of {total}", state.step))?;
     } else {
         std::fs::write(run.join(CONFIG_FILE), config.to_toml()).map_err(io(run))?;
-        let record = run_record(&config, &run_data, method.generator(), &device)?;
+        let mut record = run_record(&config, &run_data, method.generator(), &device)?;
+        record.method_record = method.record();
         let json = serde_json::to_string_pretty(&record).unwrap_or_default();
         std::fs::write(run.join(RUN_FILE), json + "\n").map_err(io(run))?;
         let mut header = String::from("epoch,step,lr");
@@ -194,6 +201,10 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
             config.data.patch,
             config.data.patch
         ))?;
+        if let Some(r) = &record.method_record {
+            tracing::info!("{}: {r}", config.method);
+            log.line(&format!("{}: {r}", config.method))?;
+        }
     }
 
     let end = opts.max_steps.map_or(total, |m| m.min(total));
@@ -400,10 +411,40 @@ pub fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Met
             let d_low = net(&m.discriminator, 4)?;
             Box::new(CycleGan::new(g, f, d_full, d_low, config)?)
         }
-        other => {
-            return Err(TrainError::Config(ConfigError::Invalid(format!(
-                "method `{other}` is not trained by this version of ldct-train"
-            ))))
+        MethodKind::Iscl => {
+            // `g` (stream 1) is F, the noisy -> clean generator; H starts at zero
+            // noise under `zero_head` as F and G start at the identity.
+            let g_clean2noisy = generator(2)?;
+            let extractor = config.iscl.extractor_preset(&m.generator)?;
+            let h = net(&extractor, 5)?;
+            if m.zero_head {
+                zero_last_conv(&h)?;
+            }
+            if !config
+                .data
+                .patch
+                .is_multiple_of(h.arch().spatial_multiple())
+            {
+                return Err(TrainError::Config(ConfigError::Invalid(format!(
+                    "data.patch {} must be a multiple of {} for iscl.extractor {}",
+                    config.data.patch,
+                    h.arch().spatial_multiple(),
+                    extractor.describe()
+                ))));
+            }
+            let d_full = net(&m.discriminator, 3)?;
+            let d_low = net(&m.discriminator, 4)?;
+            Box::new(Iscl::new(g, g_clean2noisy, h, d_full, d_low, config)?)
+        }
+        MethodKind::Noise2score => {
+            // The score network (stream 1, as the other methods' denoiser); the
+            // noise parameters come from the configuration or the low-dose slices.
+            let score = net(&noise2score::score_preset(&m.generator)?, 1)?;
+            if m.zero_head {
+                zero_last_conv(&score)?;
+            }
+            let resolved = noise2score::resolve(config, || Ok(data::load(config)?.train.low))?;
+            Box::new(Noise2Score::new(score, config, resolved)?)
         }
     })
 }
@@ -459,6 +500,7 @@ fn run_record(
         conv_backend: config.model.conv_backend.to_string(),
         total_steps: config.schedule.total_steps(),
         generator_parameters: g.arch().parameter_count(),
+        method_record: None,
     })
 }
 
