@@ -18,7 +18,7 @@ ORT_DYLIB_PATH ?=
 ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*))))
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train model quality
+.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train bench-roofline model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -27,7 +27,7 @@ help:
 	@echo "make setup   install the venv and Debian packages only"
 	@echo "make model   retrain the default model (make data + fit + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
-	@echo "make bench-train | bench-serve | bench-simulate   benchmarks (print figures)"
+	@echo "make bench-train | bench-serve | bench-simulate | bench-roofline   benchmarks (print figures)"
 
 setup:
 	@scripts/setup.sh
@@ -72,7 +72,7 @@ model: setup
 # docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
 quality: setup
 	$(CARGO) build --release -p ldct-train
-	$(PYTHON) scripts/quality_report.py supervised=runs/supervised cyclegan=runs/cyclegan
+	$(PYTHON) scripts/quality_report.py supervised=runs/supervised cyclegan=runs/cyclegan noise2score=runs/noise2score iscl=runs/iscl
 
 bench-simulate: setup
 	$(CARGO) build --release -p ldct-train
@@ -81,6 +81,9 @@ bench-simulate: setup
 bench-train: setup
 	$(CARGO) build --release -p ldct-train
 	$(RUN_ENV) $(PYTHON) bench/train_step.py --bin target/release/ldct-train
+
+bench-roofline: setup
+	$(PYTHON) bench/roofline.py --model models/default
 
 bench-serve: setup
 	$(CARGO) build --release -p ldct-serve
