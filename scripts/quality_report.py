@@ -546,7 +546,7 @@ def write_markdown(path: Path, res: dict) -> None:
         a("> **Unfinished runs.** " + "; ".join(
             f"`{r['name']}` ({r['dir']}) is reported at step {r['step']} of {r['total_steps']} "
             f"(epoch {r['epoch']} of {r['schedule'].get('epochs')})" for r in unfinished)
-          + ": its numbers are from a checkpoint of a run still in training, not final.")
+          + ": its numbers are from a checkpoint before the end of its schedule (a run still in training or one stopped early), not final.")
         a("")
     a("## Data")
     a("")
