@@ -34,7 +34,7 @@ pub enum Command {
     /// Build datasets in the AAPM layout ({train,test}/{fd,qd}).
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
-    /// Train a network (supervised or CycleGAN) from a TOML configuration into a run folder.
+    /// Train a network (supervised, CycleGAN, Noise2Score or ISCL) from a TOML configuration into a run folder.
     Fit(fit::FitArgs),
     /// Evaluate a run on a dataset split: low-dose input vs model against full dose.
     Eval(eval::EvalArgs),
