@@ -27,9 +27,11 @@ use rand::rngs::StdRng;
 use super::adam::Adam;
 use super::config::TrainConfig;
 use super::disc_view::DiscView;
-use super::method::{l1, lsgan, named_trainable, scalar, Method};
+use super::method::{
+    l1, load_nets, load_pools, lsgan, named_trainable, save_nets, save_pools, scalar, Method,
+};
 use super::pool::ImagePool;
-use crate::model::{ModelError, Network, WEIGHTS_FILE};
+use crate::model::{ModelError, Network};
 
 pub struct CycleGan {
     /// low -> full (the denoiser).
@@ -146,29 +148,29 @@ impl Method for CycleGan {
     }
 
     fn save_checkpoint(&self, dir: &Path) -> std::result::Result<(), ModelError> {
-        for (name, net) in NETS.iter().zip(self.nets()) {
-            net.save_dir(dir.join(name))?;
-        }
+        save_nets(dir, &NETS.into_iter().zip(self.nets()).collect::<Vec<_>>())?;
+        save_pools(
+            dir,
+            &[("pool_full", &self.pool_full), ("pool_low", &self.pool_low)],
+        )?;
         self.opt_g.save(&dir.join("optim_g.safetensors"))?;
         self.opt_d.save(&dir.join("optim_d.safetensors"))?;
-        self.pool_full
-            .save(&dir.join("pool_full.safetensors"), "pool")?;
-        self.pool_low
-            .save(&dir.join("pool_low.safetensors"), "pool")?;
         Ok(())
     }
 
     fn load_checkpoint(&mut self, dir: &Path) -> std::result::Result<(), ModelError> {
-        for (name, net) in NETS.iter().zip(self.nets()) {
-            net.load_safetensors(dir.join(name).join(WEIGHTS_FILE))?;
-        }
+        load_nets(dir, &NETS.into_iter().zip(self.nets()).collect::<Vec<_>>())?;
+        let dev = self.g.device().clone();
+        load_pools(
+            dir,
+            &mut [
+                ("pool_full", &mut self.pool_full),
+                ("pool_low", &mut self.pool_low),
+            ],
+            &dev,
+        )?;
         self.opt_g.load(&dir.join("optim_g.safetensors"))?;
         self.opt_d.load(&dir.join("optim_d.safetensors"))?;
-        let dev = self.g.device().clone();
-        self.pool_full
-            .load(&dir.join("pool_full.safetensors"), "pool", &dev)?;
-        self.pool_low
-            .load(&dir.join("pool_low.safetensors"), "pool", &dev)?;
         Ok(())
     }
 }

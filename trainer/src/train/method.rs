@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rand::rngs::StdRng;
 
-use crate::model::{ModelError, Network};
+use super::pool::ImagePool;
+use crate::model::{ModelError, Network, WEIGHTS_FILE};
 
 /// A training method's state.
 pub trait Method {
@@ -60,3 +61,42 @@ pub fn named_trainable(prefix: &str, net: &Network) -> Vec<(String, candle_core:
         .map(|(s, v)| (format!("{prefix}.{}", s.name), v.clone()))
         .collect()
 }
+
+/// Saves each `(NAME, network)` of a checkpoint in `dir/NAME/`.
+pub fn save_nets(dir: &Path, nets: &[(&str, &Network)]) -> std::result::Result<(), ModelError> {
+    for (name, net) in nets {
+        net.save_dir(dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Restores what [`save_nets`] wrote.
+pub fn load_nets(dir: &Path, nets: &[(&str, &Network)]) -> std::result::Result<(), ModelError> {
+    for (name, net) in nets {
+        net.load_safetensors(dir.join(name).join(WEIGHTS_FILE))?;
+    }
+    Ok(())
+}
+
+/// Saves each `(NAME, image pool)` of a checkpoint in `dir/NAME.safetensors`.
+pub fn save_pools(dir: &Path, pools: &[(&str, &ImagePool)]) -> Result<()> {
+    for (name, pool) in pools {
+        pool.save(&dir.join(format!("{name}.safetensors")), POOL_TENSOR)?;
+    }
+    Ok(())
+}
+
+/// Restores what [`save_pools`] wrote.
+pub fn load_pools(dir: &Path, pools: &mut [(&str, &mut ImagePool)], device: &Device) -> Result<()> {
+    for (name, pool) in pools.iter_mut() {
+        pool.load(
+            &dir.join(format!("{name}.safetensors")),
+            POOL_TENSOR,
+            device,
+        )?;
+    }
+    Ok(())
+}
+
+/// The tensor name of a saved image pool.
+const POOL_TENSOR: &str = "pool";
