@@ -4,39 +4,20 @@
 //! over F's and H's current weights (in memory and from the run folder, through
 //! `eval`), and configuration errors name the field.
 
+mod common;
+
 use std::path::Path;
 
+use common::{assert_same_files, column, metrics_without_time, opts, synthetic_dataset};
+
 use candle_core::{DType, Device, Tensor};
-use ldct_imaging::aapm::{self, Split};
 use ldct_proto::arch::{Arch, Preset, ResnetConfig, UnetConfig};
 use ldct_proto::manifest::Method as MethodKind;
 use ldct_train::model::{Init, Network};
 use ldct_train::train::iscl::{denoiser, Iscl};
 use ldct_train::train::{fit, load_generator, FitOptions, Method, TrainConfig};
-use ndarray::Array2;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-
-/// A disk of soft tissue with a bright blob, and a partner with 60 HU noise.
-fn synthetic_dataset(root: &Path) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let noise = Normal::new(0.0f32, 60.0).unwrap();
-    for i in 0..6 {
-        let n = 32;
-        let full = Array2::from_shape_fn((n, n), |(r, c)| {
-            let (y, x) = (r as f32 - 15.5, c as f32 - 15.5);
-            if (x * x + y * y).sqrt() > 14.0 {
-                -1000.0
-            } else {
-                let blob = ((x - 4.0 + i as f32).powi(2) + (y + 3.0).powi(2)).sqrt();
-                40.0 + if blob < 5.0 { 300.0 } else { 0.0 } + 20.0 * (x / 5.0).sin()
-            }
-        });
-        let low = full.mapv(|v| v + noise.sample(&mut rng));
-        let split = if i < 4 { Split::Train } else { Split::Test };
-        aapm::write_pair(root, split, &format!("{i:04}"), &full, &low).unwrap();
-    }
-}
 
 fn tiny_config(root: &Path, extra: &str) -> TrainConfig {
     let text = format!(
@@ -65,27 +46,6 @@ decay_epochs = 1
         root.display()
     );
     TrainConfig::from_toml(&text).unwrap()
-}
-
-fn opts(run: &Path) -> FitOptions {
-    FitOptions {
-        run: run.to_path_buf(),
-        ..FitOptions::default()
-    }
-}
-
-/// metrics.csv column `name` as numbers.
-fn column(run: &Path, name: &str) -> Vec<f64> {
-    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let k = header
-        .iter()
-        .position(|h| *h == name)
-        .unwrap_or_else(|| panic!("no {name} in {header:?}"));
-    lines
-        .filter_map(|l| l.split(',').nth(k).and_then(|v| v.parse().ok()))
-        .collect()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -157,31 +117,6 @@ fn iscl_losses_fall_and_the_checkpoint_holds_every_network() {
     assert!(matches!(arch.preset, Preset::Custom));
     let back = TrainConfig::from_file(&run.join("train.toml")).unwrap();
     assert_eq!(back, config);
-}
-
-fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
-    for f in files {
-        let (x, y) = (
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-        );
-        assert!(
-            x == y,
-            "{f} differs between the uninterrupted and the resumed run"
-        );
-    }
-}
-
-fn metrics_without_time(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            l.rsplit_once(',')
-                .map(|(a, _)| a.to_string())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 #[test]

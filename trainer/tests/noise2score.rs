@@ -2,10 +2,13 @@
 //! posterior by quadrature), gradients through the composed graph, the AR-DAE loss
 //! on a tiny run, the noise estimator, and bit-exact resume.
 
+mod common;
+
 use std::path::Path;
 
+use common::{column, opts, synthetic_dataset};
+
 use candle_core::{DType, Device, Tensor, Var};
-use ldct_imaging::aapm::{self, Split};
 use ldct_proto::arch::{Arch, Node, Norm, Op, Preset, UnetConfig, ARCH_SCHEMA_VERSION, INPUT};
 use ldct_proto::manifest::Method;
 use ldct_train::model::{Init, Network};
@@ -438,28 +441,6 @@ fn haar_mad_estimates_recover_known_noise() {
 // ---------------------------------------------------------------------------
 // Training.
 
-/// Smooth anatomy with 60 HU Gaussian noise (as tests/train_loop.rs).
-fn synthetic_dataset(root: &Path) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let noise = Normal::new(0.0f32, 60.0).unwrap();
-    for i in 0..6 {
-        let n = 32;
-        let full = Array2::from_shape_fn((n, n), |(r, c)| {
-            let (y, x) = (r as f32 - 15.5, c as f32 - 15.5);
-            let d = (x * x + y * y).sqrt();
-            if d > 14.0 {
-                -1000.0
-            } else {
-                let blob = ((x - 4.0 + i as f32).powi(2) + (y + 3.0).powi(2)).sqrt();
-                40.0 + if blob < 5.0 { 300.0 } else { 0.0 } + 20.0 * (x / 5.0).sin()
-            }
-        });
-        let low = full.mapv(|v| v + noise.sample(&mut rng));
-        let split = if i < 4 { Split::Train } else { Split::Test };
-        aapm::write_pair(root, split, &format!("{i:04}"), &full, &low).unwrap();
-    }
-}
-
 fn config(root: &Path, epochs: usize, extra: &str) -> TrainConfig {
     let text = format!(
         r#"
@@ -487,23 +468,6 @@ decay_epochs = 1
         root.display()
     );
     TrainConfig::from_toml(&text).unwrap()
-}
-
-fn opts(run: &Path) -> FitOptions {
-    FitOptions {
-        run: run.to_path_buf(),
-        ..FitOptions::default()
-    }
-}
-
-fn column(run: &Path, name: &str) -> Vec<f64> {
-    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let k = header.iter().position(|h| *h == name).unwrap();
-    lines
-        .filter_map(|l| l.split(',').nth(k).and_then(|v| v.parse().ok()))
-        .collect()
 }
 
 #[test]

@@ -1,0 +1,79 @@
+//! Helpers shared by the training integration tests (train_loop, iscl, noise2score).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use ldct_imaging::aapm::{self, Split};
+use ldct_train::train::FitOptions;
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+/// Smooth "anatomy" (a disk of soft tissue with brighter blobs in air) and a noisy
+/// partner with 60 HU Gaussian noise.
+pub fn synthetic_dataset(root: &Path) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let noise = Normal::new(0.0f32, 60.0).unwrap();
+    for i in 0..6 {
+        let n = 32;
+        let full = Array2::from_shape_fn((n, n), |(r, c)| {
+            let (y, x) = (r as f32 - 15.5, c as f32 - 15.5);
+            let d = (x * x + y * y).sqrt();
+            if d > 14.0 {
+                -1000.0
+            } else {
+                let blob = ((x - 4.0 + i as f32).powi(2) + (y + 3.0).powi(2)).sqrt();
+                40.0 + if blob < 5.0 { 300.0 } else { 0.0 } + 20.0 * (x / 5.0).sin()
+            }
+        });
+        let low = full.mapv(|v| v + noise.sample(&mut rng));
+        let split = if i < 4 { Split::Train } else { Split::Test };
+        aapm::write_pair(root, split, &format!("{i:04}"), &full, &low).unwrap();
+    }
+}
+
+pub fn opts(run: &Path) -> FitOptions {
+    FitOptions {
+        run: run.to_path_buf(),
+        ..FitOptions::default()
+    }
+}
+
+/// metrics.csv column `name` as numbers (empty cells left out).
+pub fn column(run: &Path, name: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let k = header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    lines
+        .filter_map(|l| l.split(',').nth(k).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+pub fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{f} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
+pub fn metrics_without_time(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.rsplit_once(',')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
