@@ -10,6 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -61,3 +62,29 @@ def hu_of(path: Path):
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path
+
+
+def phantom(rng, n=32):
+    """A disk of soft tissue (with a sine texture) in air and a bright blob, HU."""
+    y, x = np.mgrid[0:n, 0:n] - (n - 1) / 2
+    img = np.full((n, n), -1000.0, np.float32)
+    body = x**2 + y**2 < (0.45 * n) ** 2
+    img[body] = 40.0 + 15.0 * np.sin(x[body] / 4.0)
+    cy, cx = rng.uniform(-6, 6, 2)
+    img[(x - cx) ** 2 + (y - cy) ** 2 < 16] = 400.0
+    return img
+
+
+def write_phantom_dataset(root, seed, slices, train):
+    """An AAPM-layout dataset under `root`: `slices` phantoms (fd) with 80 HU Gaussian
+    noise (qd), the first `train` in train/, the rest in test/."""
+    rng = np.random.default_rng(seed)
+    for i in range(slices):
+        fd = phantom(rng)
+        qd = (fd + rng.normal(0, 80, fd.shape)).astype(np.float32)
+        split = "train" if i < train else "test"
+        for dose, img in (("fd", fd), ("qd", qd)):
+            d = root / split / dose
+            d.mkdir(parents=True, exist_ok=True)
+            np.save(d / f"{i:04d}.npy", img)
+    return root

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from conftest import run_bin
+from conftest import run_bin, write_phantom_dataset
 
 CONFIG = """
 method = "iscl"
@@ -41,26 +41,8 @@ decay_epochs = 1
 """
 
 
-def phantom(rng, n=32):
-    y, x = np.mgrid[0:n, 0:n] - (n - 1) / 2
-    img = np.full((n, n), -1000.0, np.float32)
-    body = x**2 + y**2 < (0.45 * n) ** 2
-    img[body] = 40.0 + 15.0 * np.sin(x[body] / 4.0)
-    cy, cx = rng.uniform(-6, 6, 2)
-    img[(x - cx) ** 2 + (y - cy) ** 2 < 16] = 400.0
-    return img
-
-
 def dataset(root):
-    rng = np.random.default_rng(5)
-    for i in range(6):
-        fd = phantom(rng)
-        qd = (fd + rng.normal(0, 80, fd.shape)).astype(np.float32)
-        split = "train" if i < 4 else "test"
-        for dose, img in (("fd", fd), ("qd", qd)):
-            d = root / split / dose
-            d.mkdir(parents=True, exist_ok=True)
-            np.save(d / f"{i:04d}.npy", img)
+    write_phantom_dataset(root, seed=5, slices=6, train=4)
 
 
 def session(model_dir):

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from conftest import run_bin
+from conftest import run_bin, write_phantom_dataset
 
 CONFIG = """
 method = "supervised"
@@ -40,29 +40,9 @@ decay_epochs = 1
 """
 
 
-def phantom(rng, n=32):
-    y, x = np.mgrid[0:n, 0:n] - (n - 1) / 2
-    img = np.full((n, n), -1000.0, np.float32)
-    body = x**2 + y**2 < (0.45 * n) ** 2
-    img[body] = 40.0 + 15.0 * np.sin(x[body] / 4.0)
-    cy, cx = rng.uniform(-6, 6, 2)
-    img[(x - cx) ** 2 + (y - cy) ** 2 < 16] = 400.0
-    return img
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(11)
-    for i in range(10):
-        fd = phantom(rng)
-        qd = (fd + rng.normal(0, 80, fd.shape)).astype(np.float32)
-        split = "train" if i < 7 else "test"
-        for dose, img in (("fd", fd), ("qd", qd)):
-            d = root / split / dose
-            d.mkdir(parents=True, exist_ok=True)
-            np.save(d / f"{i:04d}.npy", img)
-    return root
+    return write_phantom_dataset(tmp_path_factory.mktemp("data"), seed=11, slices=10, train=7)
 
 
 def train(tmp_path, dataset, name, epochs):
