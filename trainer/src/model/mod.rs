@@ -58,11 +58,13 @@ pub enum ModelError {
 }
 
 /// The device networks run on: CUDA device 0 when built with the `cuda` feature
-/// and a GPU is there, the CPU otherwise.
+/// and a GPU is there, the CPU otherwise (a build with `cuda` logs why it fell
+/// back).
 pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) => tracing::warn!("CUDA device 0 unavailable, running on the CPU: {e}"),
     }
     Device::Cpu
 }
