@@ -28,7 +28,8 @@ use super::adam::Adam;
 use super::config::TrainConfig;
 use super::disc_view::DiscView;
 use super::method::{
-    l1, load_nets, load_pools, lsgan, named_trainable, save_nets, save_pools, scalar, Method,
+    l1, load_nets, load_pools, lsgan, lsgan_discriminator, named_trainable, save_nets, save_pools,
+    scalar, Method,
 };
 use super::pool::ImagePool;
 use crate::model::{ModelError, Network};
@@ -125,12 +126,14 @@ impl Method for CycleGan {
         self.d_low.set_frozen(false);
         let pooled_full = self.pool_full.query(&fake_full, rng)?;
         let pooled_low = self.pool_low.query(&fake_low, rng)?;
-        let d_full = ((lsgan(&self.score(&self.d_full, full)?, 1.0)?
-            + lsgan(&self.score(&self.d_full, &pooled_full)?, 0.0)?)?
-            * 0.5)?;
-        let d_low = ((lsgan(&self.score(&self.d_low, low)?, 1.0)?
-            + lsgan(&self.score(&self.d_low, &pooled_low)?, 0.0)?)?
-            * 0.5)?;
+        let d_full = lsgan_discriminator(
+            &self.score(&self.d_full, full)?,
+            &self.score(&self.d_full, &pooled_full)?,
+        )?;
+        let d_low = lsgan_discriminator(
+            &self.score(&self.d_low, low)?,
+            &self.score(&self.d_low, &pooled_low)?,
+        )?;
         let grads = (&d_full + &d_low)?.backward()?;
         self.opt_d.step(&grads, lr)?;
         Ok(vec![

@@ -50,6 +50,12 @@ pub fn lsgan(scores: &Tensor, target: f64) -> Result<Tensor> {
     (scores - target)?.sqr()?.mean_all()
 }
 
+/// LSGAN discriminator loss `0.5 * ((D(real) - 1)^2 + D(fake)^2)` from its scores of
+/// real and fake images.
+pub fn lsgan_discriminator(real_scores: &Tensor, fake_scores: &Tensor) -> Result<Tensor> {
+    (lsgan(real_scores, 1.0)? + lsgan(fake_scores, 0.0)?)? * 0.5
+}
+
 pub fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
