@@ -19,33 +19,9 @@ use ldct_train::train::{fit, load_generator, FitOptions, Method, TrainConfig};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
+/// The shared tiny config with `method = "iscl"` and `extra` appended.
 fn tiny_config(root: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
-        r#"
-method = "iscl"
-seed = 5
-[data]
-root = "{}"
-patch = 16
-batch = 4
-val_slices = 2
-min_tissue = 0.0
-prefetch = 2
-[model]
-generator = {{ kind = "resnet", ngf = 4, n_blocks = 1 }}
-discriminator = {{ kind = "patchgan", ndf = 4, n_layers = 1 }}
-[optim]
-lr = 0.002
-beta1 = 0.9
-[schedule]
-epochs = 3
-steps_per_epoch = 4
-decay_epochs = 1
-{extra}
-"#,
-        root.display()
-    );
-    TrainConfig::from_toml(&text).unwrap()
+    common::tiny_config("iscl", root, extra)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -11,32 +11,9 @@ use common::{assert_same_files, column, metrics_without_time, opts, synthetic_da
 use ldct_proto::manifest::Method;
 use ldct_train::train::{fit, FitOptions, TrainConfig};
 
+/// The shared tiny config of `method` with nothing appended.
 fn tiny_config(method: Method, root: &Path) -> TrainConfig {
-    let text = format!(
-        r#"
-method = "{method}"
-seed = 5
-[data]
-root = "{}"
-patch = 16
-batch = 4
-val_slices = 2
-min_tissue = 0.0
-prefetch = 2
-[model]
-generator = {{ kind = "resnet", ngf = 4, n_blocks = 1 }}
-discriminator = {{ kind = "patchgan", ndf = 4, n_layers = 1 }}
-[optim]
-lr = 0.002
-beta1 = 0.9
-[schedule]
-epochs = 3
-steps_per_epoch = 4
-decay_epochs = 1
-"#,
-        root.display()
-    );
-    TrainConfig::from_toml(&text).unwrap()
+    common::tiny_config(method, root, "")
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ldct_imaging::aapm::{self, Split};
-use ldct_train::train::FitOptions;
+use ldct_train::train::{FitOptions, TrainConfig};
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -76,4 +76,36 @@ pub fn metrics_without_time(run: &Path) -> Vec<String> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// A tiny run of `method` on the dataset at `root`: ResNet ngf 4 / 1 block and
+/// PatchGAN ndf 4 / 1 layer, batch 4 of 16x16, 3 epochs of 4 steps (1 decaying);
+/// `extra` is appended TOML (e.g. a method section).
+pub fn tiny_config(method: impl std::fmt::Display, root: &Path, extra: &str) -> TrainConfig {
+    let text = format!(
+        r#"
+method = "{method}"
+seed = 5
+[data]
+root = "{}"
+patch = 16
+batch = 4
+val_slices = 2
+min_tissue = 0.0
+prefetch = 2
+[model]
+generator = {{ kind = "resnet", ngf = 4, n_blocks = 1 }}
+discriminator = {{ kind = "patchgan", ndf = 4, n_layers = 1 }}
+[optim]
+lr = 0.002
+beta1 = 0.9
+[schedule]
+epochs = 3
+steps_per_epoch = 4
+decay_epochs = 1
+{extra}
+"#,
+        root.display()
+    );
+    TrainConfig::from_toml(&text).unwrap()
 }
