@@ -21,13 +21,13 @@ is shared.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_flags, cpu_name
 
 GEMM_CHILD = r"""
 import sys, time, numpy as np
@@ -42,29 +42,6 @@ for _ in range(repeat):
     best = min(best, time.perf_counter() - t0)
 print(2.0 * n ** 3 / best / 1e9)
 """
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 def gemm_gflops(threads, n, repeat):

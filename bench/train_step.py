@@ -13,26 +13,16 @@ batch 4 / 64x64). Random patches: no dataset needed.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from machine import cpu_name
 
 CONFIGS = [
     ("cyclegan", 32, 6, 4, 64),
     ("cyclegan", 64, 9, 1, 128),
     ("supervised", 32, 6, 4, 64),
 ]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():
