@@ -8,14 +8,17 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_same_files, column, metrics_without_time, opts, synthetic_dataset};
+use common::{
+    assert_same_files, column, fit_resumed, fit_stopped, metrics_without_time, opts,
+    synthetic_dataset,
+};
 
 use candle_core::{DType, Device, Tensor};
 use ldct_proto::arch::{Arch, Preset, ResnetConfig, UnetConfig};
 use ldct_proto::manifest::Method as MethodKind;
 use ldct_train::model::{Init, Network};
 use ldct_train::train::iscl::{denoiser, Iscl};
-use ldct_train::train::{fit, load_generator, FitOptions, Method, TrainConfig};
+use ldct_train::train::{fit, load_generator, Method, TrainConfig};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
@@ -105,26 +108,10 @@ fn iscl_resume_continues_exactly_where_it_stopped() {
     let whole = tmp.path().join("whole");
     fit(&config, &opts(&whole)).unwrap();
     let parts = tmp.path().join("parts");
-    let first = fit(
-        &config,
-        &FitOptions {
-            max_steps: Some(6),
-            ..opts(&parts)
-        },
-    )
-    .unwrap();
-    assert_eq!(first.steps_done, 6);
+    fit_stopped(&config, &parts, 6);
     // The pool was written (it is not empty after 6 steps).
     assert!(parts.join("checkpoint/pool_full.safetensors").is_file());
-    let resumed = fit(
-        &TrainConfig::default(), // ignored: the run's own train.toml is used
-        &FitOptions {
-            resume: true,
-            ..opts(&parts)
-        },
-    )
-    .unwrap();
-    assert_eq!(resumed.steps_done, 12);
+    fit_resumed(&parts, 12);
     assert_same_files(
         &whole,
         &parts,

@@ -6,7 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_same_files, column, metrics_without_time, opts, synthetic_dataset};
+use common::{
+    assert_same_files, column, fit_resumed, fit_stopped, metrics_without_time, opts,
+    synthetic_dataset,
+};
 
 use ldct_proto::manifest::Method;
 use ldct_train::train::{fit, FitOptions, TrainConfig};
@@ -111,24 +114,8 @@ fn resume_continues_exactly_where_it_stopped() {
         fit(&config, &opts(&whole)).unwrap();
         // Stopped mid-epoch (step 6 of 12), then resumed.
         let parts = tmp.path().join(format!("{method}-parts"));
-        let first = fit(
-            &config,
-            &FitOptions {
-                max_steps: Some(6),
-                ..opts(&parts)
-            },
-        )
-        .unwrap();
-        assert_eq!(first.steps_done, 6);
-        let resumed = fit(
-            &TrainConfig::default(), // ignored: the run's own train.toml is used
-            &FitOptions {
-                resume: true,
-                ..opts(&parts)
-            },
-        )
-        .unwrap();
-        assert_eq!(resumed.steps_done, 12);
+        fit_stopped(&config, &parts, 6);
+        fit_resumed(&parts, 12);
         let mut files = vec!["weights.safetensors"];
         if method == Method::Cyclegan {
             files.extend([

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ldct_imaging::aapm::{self, Split};
-use ldct_train::train::{FitOptions, TrainConfig};
+use ldct_train::train::{fit, FitOptions, TrainConfig};
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -39,6 +39,32 @@ pub fn opts(run: &Path) -> FitOptions {
     }
 }
 
+/// Trains `config` into `run` and stops after `stop` steps (as `--max-steps`).
+pub fn fit_stopped(config: &TrainConfig, run: &Path, stop: u64) {
+    let first = fit(
+        config,
+        &FitOptions {
+            max_steps: Some(stop),
+            ..opts(run)
+        },
+    )
+    .unwrap();
+    assert_eq!(first.steps_done, stop);
+}
+
+/// Resumes `run` (`--resume`) to the end of its schedule, `total` steps.
+pub fn fit_resumed(run: &Path, total: u64) {
+    let resumed = fit(
+        &TrainConfig::default(), // ignored: the run's own train.toml is used
+        &FitOptions {
+            resume: true,
+            ..opts(run)
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.steps_done, total);
+}
+
 /// metrics.csv column `name` as numbers (empty cells left out).
 pub fn column(run: &Path, name: &str) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -61,7 +87,9 @@ pub fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
         );
         assert!(
             x == y,
-            "{f} differs between the uninterrupted and the resumed run"
+            "{f} differs between the uninterrupted ({}) and the resumed run ({})",
+            a.display(),
+            b.display()
         );
     }
 }
