@@ -136,6 +136,26 @@ fn quadrature(log_post: impl Fn(f64) -> f64, g: impl Fn(f64) -> f64, lo: f64, hi
     num / den
 }
 
+/// `out[i]` is E[x | ys[i]] for x ~ N(mu, tau^2), y = x + N(0, v): the closed form
+/// mu + tau^2 / (tau^2 + v) (y - mu) to 1e-10, itself checked independently against
+/// the posterior mean by quadrature to 1e-8.
+fn assert_gaussian_posterior_mean(ys: &[f64], out: &[f64], mu: f64, tau: f64, v: f64) {
+    for (y, x) in ys.iter().zip(out) {
+        let expected = mu + tau * tau / (tau * tau + v) * (y - mu);
+        let numeric = quadrature(
+            |x| -(x - mu).powi(2) / (2.0 * tau * tau) - (y - x).powi(2) / (2.0 * v),
+            |x| x,
+            -3.0,
+            3.0,
+        );
+        assert!((x - expected).abs() < 1e-10, "y {y}: {x} vs {expected}");
+        assert!(
+            (numeric - expected).abs() < 1e-8,
+            "closed form {expected} vs quadrature {numeric}"
+        );
+    }
+}
+
 #[test]
 fn gaussian_tweedie_is_the_posterior_mean_of_a_gaussian_prior() {
     // x ~ N(mu, tau^2), y = x + N(0, sigma^2): y ~ N(mu, tau^2 + sigma^2) and
@@ -148,21 +168,7 @@ fn gaussian_tweedie_is_the_posterior_mean_of_a_gaussian_prior() {
         .collect();
     // A noise scale unlike sigma: the graph must undo its own parametrisation.
     let out = tweedie_graph(Tweedie::Gaussian { sigma }, 0.07, &ys, &score);
-    for (y, x) in ys.iter().zip(&out) {
-        let expected = mu + tau * tau / (tau * tau + sigma * sigma) * (y - mu);
-        // Independently: the posterior mean by quadrature.
-        let numeric = quadrature(
-            |x| -(x - mu).powi(2) / (2.0 * tau * tau) - (y - x).powi(2) / (2.0 * sigma * sigma),
-            |x| x,
-            -3.0,
-            3.0,
-        );
-        assert!((x - expected).abs() < 1e-10, "y {y}: {x} vs {expected}");
-        assert!(
-            (numeric - expected).abs() < 1e-8,
-            "closed form {expected} vs quadrature {numeric}"
-        );
-    }
+    assert_gaussian_posterior_mean(&ys, &out, mu, tau, sigma * sigma);
     // Not the identity: the prior pulls towards mu.
     assert!((out[0] - ys[0]).abs() > 1e-3);
 }
@@ -189,20 +195,7 @@ fn gaussian_tweedie_with_the_ardae_smoothing_is_exact_for_the_smoothed_score() {
         smoothing: a,
     };
     let out = tweedie_graph(resolved.denoiser_tweedie(), noise_scale, &ys, &score);
-    for (y, x) in ys.iter().zip(&out) {
-        let expected = mu + tau * tau / (tau * tau + v) * (y - mu);
-        let numeric = quadrature(
-            |x| -(x - mu).powi(2) / (2.0 * tau * tau) - (y - x).powi(2) / (2.0 * v),
-            |x| x,
-            -3.0,
-            3.0,
-        );
-        assert!((x - expected).abs() < 1e-10, "y {y}: {x} vs {expected}");
-        assert!(
-            (numeric - expected).abs() < 1e-8,
-            "closed form {expected} vs quadrature {numeric}"
-        );
-    }
+    assert_gaussian_posterior_mean(&ys, &out, mu, tau, v);
     // Without smoothing the record gives the textbook step; other noise models are
     // left as resolved.
     let plain = Resolved {
