@@ -56,17 +56,14 @@ use ldct_proto::arch::{Arch, Node, Op, Preset, ARCH_SCHEMA_VERSION, INPUT};
 use rand::rngs::StdRng;
 
 use super::adam::Adam;
+use super::adversary::Discriminators;
 use super::config::TrainConfig;
-use super::disc_view::DiscView;
-use super::method::{
-    l1, load_nets, load_pools, lsgan, lsgan_discriminator, named_trainable, save_nets, save_pools,
-    scalar, Method,
-};
-use super::pool::ImagePool;
+use super::method::{l1, load_nets, lsgan, named_trainable, save_nets, scalar, Method};
 use crate::model::{Init, ModelError, Network};
 
-/// Checkpoint sub-folders of the five networks.
-pub const NETS: [&str; 5] = ["f_low2full", "g_full2low", "h_noise", "d_full", "d_low"];
+/// Checkpoint sub-folders of F, G and H (the discriminators' are
+/// [`super::adversary::NETS`]).
+pub const NETS: [&str; 3] = ["f_low2full", "g_full2low", "h_noise"];
 
 /// Prefixes of F's and H's nodes (and so parameters) in the denoiser's graph.
 pub const F_PREFIX: &str = "f";
@@ -79,20 +76,15 @@ pub struct Iscl {
     g: Network,
     /// noisy -> noise.
     h: Network,
-    d_full: Network,
-    d_low: Network,
+    /// D_full, D_low, their pools and their Adam (opt_d).
+    disc: Discriminators,
     /// `gamma * F(y) + (1 - gamma) * (y - H(y))` over F's and H's variables.
     denoiser: Network,
     opt_g: Adam,
-    opt_d: Adam,
     opt_h: Adam,
-    pool_full: ImagePool,
-    pool_low: ImagePool,
     lambda_cycle: f64,
     lambda_bypass: f64,
     lambda_boost: f64,
-    d_view: DiscView,
-    highpass_gain: f64,
 }
 
 /// The deployable ISCL denoiser: one network computing
@@ -196,26 +188,18 @@ impl Iscl {
         let c = &config.iscl;
         let mut gen_vars = named_trainable("f", &f);
         gen_vars.extend(named_trainable("g", &g));
-        let mut disc_vars = named_trainable("d_full", &d_full);
-        disc_vars.extend(named_trainable("d_low", &d_low));
         let h_vars = named_trainable("h", &h);
         Ok(Self {
             denoiser: denoiser(&f, &h, c.gamma)?,
             opt_g: Adam::new(gen_vars, o.beta1, o.beta2, o.eps)?,
-            opt_d: Adam::new(disc_vars, o.beta1, o.beta2, o.eps)?,
             opt_h: Adam::new(h_vars, o.beta1, o.beta2, o.eps)?,
             f,
             g,
             h,
-            d_full,
-            d_low,
-            pool_full: ImagePool::new(c.pool_size),
-            pool_low: ImagePool::new(c.pool_size),
+            disc: Discriminators::new(d_full, d_low, config, c.pool_size)?,
             lambda_cycle: c.lambda_cycle,
             lambda_bypass: c.lambda_bypass,
             lambda_boost: c.lambda_boost,
-            d_view: config.model.d_view,
-            highpass_gain: config.model.d_highpass_gain,
         })
     }
 
@@ -234,13 +218,8 @@ impl Iscl {
         &self.h
     }
 
-    /// A discriminator's scores of `x`, through the configured view (`model.d_view`).
-    fn score(&self, d: &Network, x: &Tensor) -> Result<Tensor> {
-        self.d_view.score(d, x, self.highpass_gain)
-    }
-
-    fn nets(&self) -> [&Network; 5] {
-        [&self.f, &self.g, &self.h, &self.d_full, &self.d_low]
+    fn generators(&self) -> [(&'static str, &Network); 3] {
+        [(NETS[0], &self.f), (NETS[1], &self.g), (NETS[2], &self.h)]
     }
 }
 
@@ -254,8 +233,7 @@ impl Method for Iscl {
 
     fn step(&mut self, low: &Tensor, full: &Tensor, lr: f64, rng: &mut StdRng) -> Result<Vec<f64>> {
         // Generator step: F and G train; H and the discriminators are frozen.
-        self.d_full.set_frozen(true);
-        self.d_low.set_frozen(true);
+        self.disc.set_frozen(true);
         self.h.set_frozen(true);
         let noise = self.h.forward(low)?.detach();
         // y - H(y): the bypass estimate of the clean image.
@@ -264,8 +242,7 @@ impl Method for Iscl {
         let pseudo_noisy = (full + &noise)?;
         let fake_full = self.f.forward(low)?;
         let fake_low = self.g.forward(full)?;
-        let adv = (lsgan(&self.score(&self.d_full, &fake_full)?, 1.0)?
-            + lsgan(&self.score(&self.d_low, &fake_low)?, 1.0)?)?;
+        let adv = self.disc.generator_loss(&fake_full, &fake_low)?;
         let cycle =
             (l1(&self.g.forward(&fake_full)?, low)? + l1(&self.f.forward(&fake_low)?, full)?)?;
         let bypass = (l1(&fake_full, &bypass_clean)? + l1(&self.f.forward(&pseudo_noisy)?, full)?)?;
@@ -277,30 +254,18 @@ impl Method for Iscl {
         let fake_low = fake_low.detach();
 
         // Discriminator step.
-        self.d_full.set_frozen(false);
-        self.d_low.set_frozen(false);
-        let pooled_full = self.pool_full.query(&fake_full, rng)?;
-        let pooled_low = self.pool_low.query(&fake_low, rng)?;
-        let d_full = lsgan_discriminator(
-            &self.score(&self.d_full, full)?,
-            &self.score(&self.d_full, &pooled_full)?,
-        )?;
-        let d_low = lsgan_discriminator(
-            &self.score(&self.d_low, low)?,
-            &self.score(&self.d_low, &pooled_low)?,
-        )?;
+        self.disc.set_frozen(false);
+        let (d_full, d_low) = self.disc.losses(full, low, &fake_full, &fake_low, rng)?;
         let (boost, loss_d) = if self.lambda_boost > 0.0 {
-            let boost = ((lsgan(&self.score(&self.d_full, &bypass_clean)?, 0.0)?
-                + lsgan(&self.score(&self.d_low, &pseudo_noisy)?, 0.0)?)?
+            let boost = ((lsgan(&self.disc.score_full(&bypass_clean)?, 0.0)?
+                + lsgan(&self.disc.score_low(&pseudo_noisy)?, 0.0)?)?
                 * 0.5)?;
             let total = ((&d_full + &d_low)? + (&boost * self.lambda_boost)?)?;
             (scalar(&boost)?, total)
         } else {
             (0.0, (&d_full + &d_low)?)
         };
-        let grads = loss_d.backward()?;
-        self.opt_d.step(&grads, lr)?;
-        drop(grads);
+        self.disc.step(&loss_d, lr)?;
 
         // Extractor step: H trains on pseudo noise labels.
         self.h.set_frozen(false);
@@ -327,31 +292,18 @@ impl Method for Iscl {
     }
 
     fn save_checkpoint(&self, dir: &Path) -> std::result::Result<(), ModelError> {
-        save_nets(dir, &NETS.into_iter().zip(self.nets()).collect::<Vec<_>>())?;
-        save_pools(
-            dir,
-            &[("pool_full", &self.pool_full), ("pool_low", &self.pool_low)],
-        )?;
+        save_nets(dir, &self.generators())?;
+        self.disc.save(dir)?;
         self.opt_g.save(&dir.join("optim_g.safetensors"))?;
-        self.opt_d.save(&dir.join("optim_d.safetensors"))?;
         self.opt_h.save(&dir.join("optim_h.safetensors"))?;
         Ok(())
     }
 
     fn load_checkpoint(&mut self, dir: &Path) -> std::result::Result<(), ModelError> {
         // The denoiser shares F's and H's variables: loading them updates it.
-        load_nets(dir, &NETS.into_iter().zip(self.nets()).collect::<Vec<_>>())?;
-        let dev = self.f.device().clone();
-        load_pools(
-            dir,
-            &mut [
-                ("pool_full", &mut self.pool_full),
-                ("pool_low", &mut self.pool_low),
-            ],
-            &dev,
-        )?;
+        load_nets(dir, &self.generators())?;
+        self.disc.load(dir)?;
         self.opt_g.load(&dir.join("optim_g.safetensors"))?;
-        self.opt_d.load(&dir.join("optim_d.safetensors"))?;
         self.opt_h.load(&dir.join("optim_h.safetensors"))?;
         Ok(())
     }

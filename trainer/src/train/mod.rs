@@ -17,6 +17,7 @@
 //! | `train.log` | what happened (start, epochs, checkpoints, interruption) |
 
 pub mod adam;
+pub mod adversary;
 pub mod config;
 pub mod cyclegan;
 pub mod data;
