@@ -254,6 +254,25 @@ impl Preset {
         }
     }
 
+    /// This generator without its image tail (no tanh, no global residual), for
+    /// networks that output a residual quantity such as noise or a score; `None`
+    /// for presets without those switches.
+    pub fn without_image_tail(&self) -> Option<Preset> {
+        match self {
+            Preset::Resnet(c) => Some(Preset::Resnet(ResnetConfig {
+                tanh: false,
+                global_residual: false,
+                ..c.clone()
+            })),
+            Preset::Unet(c) => Some(Preset::Unet(UnetConfig {
+                tanh: false,
+                global_residual: false,
+                ..c.clone()
+            })),
+            _ => None,
+        }
+    }
+
     /// A short description of the configuration.
     pub fn describe(&self) -> String {
         match self {

@@ -569,3 +569,22 @@ fn elementwise_ops_validate_arity_channels_and_sizes() {
     )]);
     assert!(a.validate().unwrap_err().to_string().contains("finite"));
 }
+
+#[test]
+fn without_image_tail_turns_off_tanh_and_the_global_residual_only() {
+    let r = resnet(8, 2, Norm::Instance);
+    let Some(Preset::Resnet(c)) = r.without_image_tail() else {
+        panic!("resnet has an image tail to drop");
+    };
+    assert!(!c.tanh && !c.global_residual);
+    assert_eq!((c.ngf, c.n_blocks, c.norm), (8, 2, Norm::Instance));
+    let Some(Preset::Unet(c)) = Preset::Unet(UnetConfig::default()).without_image_tail() else {
+        panic!("unet has an image tail to drop");
+    };
+    assert!(!c.tanh && !c.global_residual);
+    assert_eq!(c.base, UnetConfig::default().base);
+    assert_eq!(
+        Preset::Patchgan(PatchganConfig::default()).without_image_tail(),
+        None
+    );
+}

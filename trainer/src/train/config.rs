@@ -344,23 +344,13 @@ impl IsclConfig {
                  (it predicts the noise, not an image), got {}",
                 p.describe()
             )),
-            None => match generator {
-                Preset::Resnet(c) => Ok(Preset::Resnet(ResnetConfig {
-                    tanh: false,
-                    global_residual: false,
-                    ..c.clone()
-                })),
-                Preset::Unet(c) => Ok(Preset::Unet(UnetConfig {
-                    tanh: false,
-                    global_residual: false,
-                    ..c.clone()
-                })),
-                other => bad(format!(
+            None => generator.without_image_tail().ok_or_else(|| {
+                ConfigError::Invalid(format!(
                     "iscl.extractor is unset and model.generator ({}) has no variant \
                      without a global residual: set iscl.extractor to a resnet or unet",
-                    other.describe()
-                )),
-            },
+                    generator.describe()
+                ))
+            }),
         }
     }
 }

@@ -81,9 +81,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
-use ldct_proto::arch::{
-    Arch, ArchError, Node, Op, Preset, ResnetConfig, UnetConfig, ARCH_SCHEMA_VERSION, INPUT,
-};
+use ldct_proto::arch::{Arch, ArchError, Node, Op, Preset, ARCH_SCHEMA_VERSION, INPUT};
 use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -256,23 +254,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The score network's preset: `model.generator` with tanh and global residual off.
 pub fn score_preset(generator: &Preset) -> std::result::Result<Preset, ConfigError> {
-    match generator {
-        Preset::Resnet(c) => Ok(Preset::Resnet(ResnetConfig {
-            tanh: false,
-            global_residual: false,
-            ..c.clone()
-        })),
-        Preset::Unet(c) => Ok(Preset::Unet(UnetConfig {
-            tanh: false,
-            global_residual: false,
-            ..c.clone()
-        })),
-        other => Err(ConfigError::Invalid(format!(
+    generator.without_image_tail().ok_or_else(|| {
+        ConfigError::Invalid(format!(
             "noise2score needs model.generator to be a resnet or unet (its score network is \
              the preset without tanh and global residual), got {}",
-            other.describe()
-        ))),
-    }
+            generator.describe()
+        ))
+    })
 }
 
 /// Resolves the noise model, its parameter and the noise scale; `low` gives the
