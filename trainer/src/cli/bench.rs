@@ -65,7 +65,7 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
     config.model.conv_backend = args.conv_backend;
     config.data.patch = args.patch;
     config.data.batch = args.batch;
-    let mut method = build_method(&config, &device)?;
+    let mut method = build_method(&config, &device, None)?;
     let shape = (args.batch, 1, args.patch, args.patch);
     let low = (Tensor::randn(0f32, 0.3, shape, &device)?.tanh())?;
     let full = (Tensor::randn(0f32, 0.3, shape, &device)?.tanh())?;

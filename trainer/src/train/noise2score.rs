@@ -77,6 +77,7 @@
 //! Everything resolved is written to `run.json` (`method_record`), `train.log` and
 //! the checkpoint (`noise2score.json`, which `--resume` restores).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -265,9 +266,9 @@ pub fn score_preset(generator: &Preset) -> std::result::Result<Preset, ConfigErr
 
 /// Resolves the noise model, its parameter and the noise scale; `low` gives the
 /// training low-dose slices (normalised) when an estimate is needed.
-pub fn resolve(
+pub fn resolve<'a>(
     config: &TrainConfig,
-    low: impl FnOnce() -> std::result::Result<Vec<Array2<f32>>, super::TrainError>,
+    low: impl FnOnce() -> std::result::Result<Cow<'a, [Array2<f32>]>, super::TrainError>,
 ) -> std::result::Result<Resolved, super::TrainError> {
     let c = &config.noise2score;
     let window = config.data.window;

@@ -1,5 +1,6 @@
 //! The training loop and its run folder (see [`crate::train`] for the layout).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use ldct_imaging::png::{write_comparison, Panel};
 use ldct_imaging::window::{Normaliser, Window};
 use ldct_proto::arch::{Arch, Op};
 use ldct_proto::manifest::Method as MethodKind;
+use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -161,7 +163,7 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
     let device = default_device();
     let norm = data::normaliser(config.data.window)?;
     let run_data = data::load(&config)?;
-    let mut method = build_method(&config, &device)?;
+    let mut method = build_method(&config, &device, Some(&run_data.train.low))?;
     let total = config.schedule.total_steps();
     let spe = config.schedule.steps_per_epoch as u64;
 
@@ -374,7 +376,14 @@ pub fn load_generator(run: &Path) -> Result<(Network, Normaliser), TrainError> {
 }
 
 /// The networks and optimisers of a configuration's method, freshly initialised.
-pub fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Method>, TrainError> {
+/// `train_low`: the training low-dose slices (normalised) when the caller has them
+/// loaded; Noise2Score estimates its noise from them (and loads them itself
+/// otherwise, if it needs an estimate).
+pub fn build_method(
+    config: &TrainConfig,
+    device: &Device,
+    train_low: Option<&[Array2<f32>]>,
+) -> Result<Box<dyn Method>, TrainError> {
     let m = &config.model;
     let net = |preset: &ldct_proto::arch::Preset, stream: u64| -> Result<Network, TrainError> {
         let arch = Arch::from_preset(preset).map_err(ModelError::from)?;
@@ -443,7 +452,10 @@ pub fn build_method(config: &TrainConfig, device: &Device) -> Result<Box<dyn Met
             if m.zero_head {
                 zero_last_conv(&score)?;
             }
-            let resolved = noise2score::resolve(config, || Ok(data::load(config)?.train.low))?;
+            let resolved = noise2score::resolve(config, || match train_low {
+                Some(low) => Ok(Cow::Borrowed(low)),
+                None => Ok(Cow::Owned(data::load(config)?.train.low)),
+            })?;
             Box::new(Noise2Score::new(score, config, resolved)?)
         }
     })
