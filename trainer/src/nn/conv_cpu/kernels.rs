@@ -380,6 +380,41 @@ fn columns(g: &Geom, batch: &[Unit]) -> usize {
     batch.iter().map(|(_, oys)| oys.len() * g.wo).sum()
 }
 
+/// The im2col matrix of `batch`: `k_len` rows, one column per output pixel. For
+/// a pointwise convolution of one image's rows that is the input itself (no
+/// copy); otherwise it is gathered into `col`. Returns its data and row stride
+/// (the forward pass reads it as is, the weight gradient transposed).
+fn batch_columns<T: Float>(
+    g: &Geom,
+    plan: &Plan,
+    a: &[T],
+    batch: &[Unit],
+    pointwise: bool,
+    col: &mut Vec<T>,
+) -> (*const T, usize) {
+    match batch {
+        [(i, oys)] if pointwise => (a[i * g.a_len() + oys.start * g.wo..].as_ptr(), g.ho * g.wo),
+        _ => {
+            let (k_len, ncols) = (g.k_len(), columns(g, batch));
+            grow(col, k_len * ncols);
+            let mut off = 0;
+            for (i, oys) in batch {
+                let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+                im2col(
+                    g,
+                    plan,
+                    a_i,
+                    oys.clone(),
+                    &mut col[off..k_len * ncols],
+                    ncols,
+                );
+                off += oys.len() * g.wo;
+            }
+            (col.as_ptr(), ncols)
+        }
+    }
+}
+
 fn grow<T: Float>(buf: &mut Vec<T>, len: usize) {
     if buf.len() < len {
         buf.resize(len, T::ZERO);
@@ -417,34 +452,8 @@ pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> V
                 rs: k_len,
                 cs: 1,
             };
-            let rhs = match batch.as_slice() {
-                [(i, oys)] if pointwise => Mat {
-                    ptr: a[i * g.a_len() + oys.start * g.wo..].as_ptr(),
-                    rs: plane,
-                    cs: 1,
-                },
-                _ => {
-                    grow(col, k_len * ncols);
-                    let mut off = 0;
-                    for (i, oys) in batch {
-                        let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-                        im2col(
-                            g,
-                            &plan,
-                            a_i,
-                            oys.clone(),
-                            &mut col[off..k_len * ncols],
-                            ncols,
-                        );
-                        off += oys.len() * g.wo;
-                    }
-                    Mat {
-                        ptr: col.as_ptr(),
-                        rs: ncols,
-                        cs: 1,
-                    }
-                }
-            };
+            let (ptr, ld) = batch_columns(g, &plan, a, batch, pointwise, col);
+            let rhs = Mat { ptr, rs: ld, cs: 1 };
             if let [(i, oys)] = batch.as_slice() {
                 // SAFETY: `b` outlives the tasks, and this task alone touches
                 // columns `oys.start·wo .. oys.end·wo` of the c_out rows (stride
@@ -720,34 +729,8 @@ pub fn weight_grad<T: Float>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
             for batch in share {
                 let ncols = columns(g, batch);
                 // im2col(A)ᵀ of the batch: ncols x k_len.
-                let rhs = match batch.as_slice() {
-                    [(i, oys)] if pointwise => Mat {
-                        ptr: a[i * g.a_len() + oys.start * g.wo..].as_ptr(),
-                        rs: 1,
-                        cs: plane,
-                    },
-                    _ => {
-                        grow(&mut col, k_len * ncols);
-                        let mut off = 0;
-                        for (i, oys) in batch {
-                            let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-                            im2col(
-                                g,
-                                &plan,
-                                a_i,
-                                oys.clone(),
-                                &mut col[off..k_len * ncols],
-                                ncols,
-                            );
-                            off += oys.len() * g.wo;
-                        }
-                        Mat {
-                            ptr: col.as_ptr(),
-                            rs: 1,
-                            cs: ncols,
-                        }
-                    }
-                };
+                let (ptr, ld) = batch_columns(g, &plan, a, batch, pointwise, &mut col);
+                let rhs = Mat { ptr, rs: 1, cs: ld };
                 // B of the batch: c_out x ncols.
                 let lhs = match batch.as_slice() {
                     [(i, oys)] => Mat {
