@@ -97,6 +97,22 @@ pub struct TrainingData {
     /// Number of training slices (0 when unknown).
     #[serde(default)]
     pub slices: u64,
+    /// The CT sources the training data came from, with their licences (as the
+    /// dataset's `dataset.json` records them; empty when it records none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
+}
+
+/// One source of training data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub name: String,
+    #[serde(default)]
+    pub anatomy: String,
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub licence: String,
 }
 
 /// The dose or noise level a model was trained for.
@@ -111,6 +127,10 @@ pub struct Dose {
     /// Free-text noise description (e.g. "gaussian sigma=0.05 (normalised)").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub noise: String,
+    /// The range of noise levels (HU, std of the inserted noise) the model was trained
+    /// on, when it was trained on a range (`data.noise_hu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_hu: Option<[f32; 2]>,
 }
 
 /// Facts about the ONNX file itself.
@@ -142,6 +162,68 @@ impl Default for Producer {
     }
 }
 
+/// What a quality metric measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Psnr,
+    Ssim,
+    RmseHu,
+}
+
+/// An image-quality metric of the manifest's `metrics`, by name:
+///
+/// - `{psnr,ssim,rmse_hu}_{lo}_{hi}`: the model's output against full dose in the HU
+///   window `[lo, hi]` (`ldct-train eval`'s `eval.json`);
+/// - the same prefixed `input.` (the low-dose input) or `gain.` (output minus input);
+/// - `val_psnr`, `val_ssim`, `val_rmse_hu`, `val_input_psnr`: the last validation of
+///   training (`metrics.csv`), at the run's window.
+///
+/// Anything else (a learning rate, a loss, a count) is not a quality metric: the
+/// exporter leaves it out of the manifest and the retraining gate refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QualityMetric {
+    pub measure: Measure,
+    /// A `gain.` metric (output minus input).
+    pub gain: bool,
+}
+
+impl QualityMetric {
+    /// The metric a name denotes, `None` when it is not a quality metric.
+    pub fn parse(name: &str) -> Option<Self> {
+        let (gain, rest) = match name.split_once('.') {
+            Some(("gain", r)) => (true, r),
+            Some(("input", r)) => (false, r),
+            Some(_) => return None,
+            None => (false, name),
+        };
+        let measure = match rest {
+            "val_psnr" | "val_input_psnr" => return Some(Self::new(Measure::Psnr, gain)),
+            "val_ssim" => return Some(Self::new(Measure::Ssim, gain)),
+            "val_rmse_hu" => return Some(Self::new(Measure::RmseHu, gain)),
+            _ => rest,
+        };
+        let (measure, window) = [
+            ("psnr_", Measure::Psnr),
+            ("ssim_", Measure::Ssim),
+            ("rmse_hu_", Measure::RmseHu),
+        ]
+        .into_iter()
+        .find_map(|(p, m)| measure.strip_prefix(p).map(|w| (m, w)))?;
+        let (lo, hi) = window.split_once('_')?;
+        let (lo, hi): (f64, f64) = (lo.parse().ok()?, hi.parse().ok()?);
+        (lo < hi).then(|| Self::new(measure, gain))
+    }
+
+    fn new(measure: Measure, gain: bool) -> Self {
+        Self { measure, gain }
+    }
+
+    /// Whether a larger value is a better model.
+    pub fn higher_is_better(&self) -> bool {
+        self.measure != Measure::RmseHu
+    }
+}
+
 /// The model card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -157,7 +239,22 @@ pub struct Manifest {
     pub dose: Dose,
     /// H and W are padded (reflection) to a multiple of this before inference.
     pub spatial_multiple: u32,
-    /// Evaluation metrics of the training run, e.g. `"psnr_-1000_1000": 38.2`.
+    /// ... and to at least this many pixels (the smallest size the graph takes, a
+    /// multiple of `spatial_multiple`; absent in manifests written before it existed,
+    /// which means no minimum). See [`crate::contract::Padding`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u32>,
+    /// Where the network's output is used and where the input passes unchanged (see
+    /// [`crate::contract::compose`]); absent in manifests written before it existed,
+    /// which then get [`crate::contract::OutsideWindow::for_window`] of their window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_window: Option<crate::contract::OutsideWindow>,
+    /// Present for a noise-conditioned model: its input has a second channel, the
+    /// slice's noise map ([`crate::contract::NoiseMap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_map: Option<crate::contract::NoiseMap>,
+    /// Image-quality metrics of the model ([`QualityMetric`] names), e.g.
+    /// `"psnr_-1000_1000": 38.2`: never training losses or hyper-parameters.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
     pub onnx: OnnxInfo,
@@ -165,6 +262,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Channels of the model's input: 1, or 2 with a noise map.
+    pub fn input_channels(&self) -> usize {
+        1 + usize::from(self.noise_map.is_some())
+    }
+
+    /// Where the network's output is used: the manifest's `outside_window`, else the
+    /// rule for its HU window.
+    pub fn outside_window(&self) -> crate::contract::OutsideWindow {
+        self.outside_window.unwrap_or_else(|| {
+            let [lo, hi] = self.normalisation.hu_window;
+            crate::contract::OutsideWindow::for_window(lo, hi)
+        })
+    }
+
     /// Reads and validates a manifest file.
     pub fn from_file(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
@@ -215,12 +326,18 @@ impl Manifest {
                 "HU window [{lo}, {hi}] must be finite with lo < hi"
             ));
         }
+        if let Some(o) = &self.outside_window {
+            o.validate().or_else(invalid)?;
+        }
         let [rlo, rhi] = self.normalisation.range;
         if !(rlo.is_finite() && rhi.is_finite() && rlo < rhi) {
             return invalid(format!("range [{rlo}, {rhi}] must be finite with lo < hi"));
         }
         if self.spatial_multiple == 0 {
             return invalid("spatial_multiple must be >= 1".to_owned());
+        }
+        if self.min_size == Some(0) {
+            return invalid("min_size must be >= 1 when present".to_owned());
         }
         if self.onnx.sha256.len() != 64 || !self.onnx.sha256.chars().all(|c| c.is_ascii_hexdigit())
         {
@@ -258,14 +375,19 @@ mod tests {
             training_data: TrainingData {
                 description: "invesalius head CT, simulated quarter dose".into(),
                 slices: 80,
+                sources: vec![],
             },
             normalisation: Normalisation::default(),
             dose: Dose {
                 fraction: Some(0.25),
                 i0: Some(1e5),
                 noise: String::new(),
+                noise_hu: None,
             },
             spatial_multiple: 4,
+            min_size: Some(4),
+            outside_window: None,
+            noise_map: None,
             metrics: BTreeMap::from([("psnr_-1000_1000".to_owned(), 38.5)]),
             onnx: OnnxInfo {
                 file: MODEL_FILE.into(),
@@ -305,6 +427,51 @@ mod tests {
         let mut m = sample();
         m.onnx.sha256 = "xyz".into();
         assert!(m.validate().unwrap_err().to_string().contains("sha256"));
+    }
+
+    #[test]
+    fn quality_metrics_are_told_from_losses_and_hyper_parameters() {
+        for name in [
+            "psnr_-1000_1000",
+            "ssim_-160_240",
+            "rmse_hu_-1000_1000",
+            "input.psnr_-160_240",
+            "gain.ssim_-1000_1000",
+            "val_psnr",
+            "val_input_psnr",
+            "val_rmse_hu",
+        ] {
+            assert!(QualityMetric::parse(name).is_some(), "{name}");
+        }
+        for name in [
+            "lr",
+            "loss",
+            "g_loss",
+            "eval_slices",
+            "psnr",
+            "psnr_1000_-1000",
+            "x.psnr_0_1",
+        ] {
+            assert!(QualityMetric::parse(name).is_none(), "{name}");
+        }
+        assert!(QualityMetric::parse("psnr_-1000_1000")
+            .unwrap()
+            .higher_is_better());
+        assert!(!QualityMetric::parse("rmse_hu_-160_240")
+            .unwrap()
+            .higher_is_better());
+    }
+
+    #[test]
+    fn manifests_without_min_size_still_load() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("min_size");
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(m.min_size, None);
+        m.validate().unwrap();
+        let mut m = sample();
+        m.min_size = Some(0);
+        assert!(m.validate().unwrap_err().to_string().contains("min_size"));
     }
 
     #[test]

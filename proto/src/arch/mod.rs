@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 
 pub use presets::{Norm, PatchganConfig, Preset, RedcnnConfig, ResnetConfig, UnetConfig};
 
-/// Name by which nodes refer to the graph input.
-pub const INPUT: &str = "input";
+/// Name by which nodes refer to the graph input (the pixel contract's input name).
+pub const INPUT: &str = crate::contract::INPUT_NAME;
 
 /// Schema version of the architecture JSON; bumped on incompatible changes.
 pub const ARCH_SCHEMA_VERSION: u32 = 1;
@@ -197,6 +197,8 @@ pub enum Op {
     /// Element-wise quotient `inputs[0] / inputs[1]` of two inputs of the same
     /// shape.
     Div,
+    /// Channels `start..start + count` of the input (ONNX `Slice` on axis 1).
+    SelectChannels { start: usize, count: usize },
 }
 
 fn one() -> usize {
@@ -292,6 +294,7 @@ impl Op {
             Op::Exp => "exp",
             Op::Mul => "mul",
             Op::Div => "div",
+            Op::SelectChannels { .. } => "select_channels",
         }
     }
 
@@ -598,6 +601,20 @@ impl Arch {
                     c
                 }
                 Op::Concat => in_ch.iter().sum(),
+                Op::SelectChannels { start, count } => {
+                    positive("count", count)?;
+                    if start + count > c {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "selects channels {start}..{} of `{}`, which has {c}",
+                                start + count,
+                                node.inputs[0]
+                            ),
+                        ));
+                    }
+                    count
+                }
             };
             channels.push(out);
         }
@@ -725,6 +742,7 @@ impl Arch {
                 | Op::LeakyRelu { .. }
                 | Op::Tanh
                 | Op::Affine { .. }
+                | Op::SelectChannels { .. }
                 | Op::Exp => (s.h, s.w),
             };
             index.insert(name, i);
@@ -795,17 +813,21 @@ impl Arch {
     /// The size an `h x w` image is padded to before the forward pass: each side
     /// rounded up to [`Arch::spatial_multiple`] and to at least [`Arch::min_size`].
     pub fn padded_size(&self, h: usize, w: usize) -> Result<(usize, usize), ArchError> {
-        let m = self.spatial_multiple();
+        let (ph, pw) = self.padding(h, w)?.padded_size(h, w);
+        self.output_shape(ph, pw)?;
+        Ok((ph, pw))
+    }
+
+    /// The padding rule of the pixel contract for this graph: its spatial multiple and
+    /// minimum size (`h x w` only names the image in the error).
+    pub fn padding(&self, h: usize, w: usize) -> Result<crate::contract::Padding, ArchError> {
         let min = self.min_size().ok_or_else(|| ArchError::Shape {
             h,
             w,
             node: INPUT.into(),
             reason: "no input size up to 4096 fits the architecture".into(),
         })?;
-        let round = |x: usize| x.div_ceil(m).max(1) * m;
-        let (ph, pw) = (round(h).max(min), round(w).max(min));
-        self.output_shape(ph, pw)?;
-        Ok((ph, pw))
+        Ok(crate::contract::Padding::new(self.spatial_multiple(), min))
     }
 
     /// Multiply-accumulate operations of one forward pass on one `h x w` image

@@ -136,6 +136,11 @@ impl Default for ResnetConfig {
 ///
 /// All 3x3 convolutions use zero padding 1. Channels at level `l` are
 /// `base * 2^l`. Spatial multiple `2^depth`.
+///
+/// With `noise_map` the network is conditioned on a noise level (FFDNet-style): the
+/// input has one more channel, a constant map of the slice's noise level in the
+/// normalised range, after the image channels; the global residual adds the image
+/// channels only (an `image` node selecting them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UnetConfig {
@@ -148,6 +153,8 @@ pub struct UnetConfig {
     pub tanh: bool,
     /// Add the input to the output.
     pub global_residual: bool,
+    /// Take a noise-level map as an extra input channel (see above).
+    pub noise_map: bool,
 }
 
 impl Default for UnetConfig {
@@ -158,6 +165,7 @@ impl Default for UnetConfig {
             norm: Norm::Instance,
             tanh: true,
             global_residual: true,
+            noise_map: false,
         }
     }
 }
@@ -348,8 +356,9 @@ impl Preset {
                          ({output_channels} != {input_channels})"
                     ));
                 }
+                let suffix = if c.noise_map { "_noisemap" } else { "" };
                 (
-                    format!("unet_base{}_depth{}", c.base, c.depth),
+                    format!("unet_base{}_depth{}{suffix}", c.base, c.depth),
                     unet(c, input_channels, output_channels),
                     output_channels,
                 )
@@ -384,11 +393,12 @@ impl Preset {
                 return cfg_err("a custom graph has no builder: write its nodes".into())
             }
         };
+        let extra = usize::from(matches!(self, Preset::Unet(c) if c.noise_map));
         let arch = Arch {
             schema_version: ARCH_SCHEMA_VERSION,
             name,
             preset: self.clone(),
-            input_channels,
+            input_channels: input_channels + extra,
             output_channels: out_ch,
             nodes,
         };
@@ -464,13 +474,29 @@ impl Graph {
     }
 
     /// `[tanh], [+ input]` at the end of a generator.
-    fn generator_tail(&mut self, head: String, tanh: bool, global_residual: bool) {
+    /// `[tanh] [+ image]`, the image being the input or, when the input carries
+    /// `image_channels` followed by conditioning channels, its first `image_channels`.
+    fn generator_tail(
+        &mut self,
+        head: String,
+        tanh: bool,
+        global_residual: bool,
+        image_channels: Option<usize>,
+    ) {
         let mut x = head;
         if tanh {
             x = self.push("head.tanh".into(), Op::Tanh, &[&x]);
         }
         if global_residual {
-            self.push("residual".into(), Op::Add, &[INPUT, &x]);
+            let image = match image_channels {
+                Some(count) => self.push(
+                    "image".into(),
+                    Op::SelectChannels { start: 0, count },
+                    &[INPUT],
+                ),
+                None => INPUT.to_string(),
+            };
+            self.push("residual".into(), Op::Add, &[&image, &x]);
         }
     }
 }
@@ -523,11 +549,12 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
     }
     let x = g.reflect("head.pad".into(), &x, 3);
     let x = g.conv("head.conv".into(), &x, ch, cout, 7, 1, 0, true);
-    g.generator_tail(x, c.tanh, c.global_residual);
+    g.generator_tail(x, c.tanh, c.global_residual, None);
     g.nodes
 }
 
-fn unet(c: &UnetConfig, cin: usize, cout: usize) -> Vec<Node> {
+fn unet(c: &UnetConfig, image_channels: usize, cout: usize) -> Vec<Node> {
+    let cin = image_channels + usize::from(c.noise_map);
     let mut g = Graph::new(c.norm);
     let bias = c.norm.conv_bias();
     let chan = |l: usize| c.base << l;
@@ -592,7 +619,12 @@ fn unet(c: &UnetConfig, cin: usize, cout: usize) -> Vec<Node> {
         x = g.relu(format!("{p}.relu2"), &x);
     }
     let x = g.conv("head.conv".into(), &x, chan(0), cout, 1, 1, 0, true);
-    g.generator_tail(x, c.tanh, c.global_residual);
+    g.generator_tail(
+        x,
+        c.tanh,
+        c.global_residual,
+        c.noise_map.then_some(image_channels),
+    );
     g.nodes
 }
 

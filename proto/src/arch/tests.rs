@@ -229,6 +229,15 @@ fn json_round_trip_of_every_preset() {
             norm: Norm::InstanceAffine,
             tanh: false,
             global_residual: false,
+            noise_map: false,
+        }),
+        Preset::Unet(UnetConfig {
+            base: 4,
+            depth: 2,
+            norm: Norm::None,
+            tanh: true,
+            global_residual: true,
+            noise_map: true,
         }),
         Preset::Patchgan(PatchganConfig {
             ndf: 4,
@@ -354,25 +363,49 @@ fn custom_graph_with_upsample_and_zero_pad() {
     assert!(arch.summary().contains("custom graph"));
 }
 
+/// The arch.json of a tiny ResNet generator, whole (the schema of a run folder's and
+/// an export's network description): a reviewed snapshot.
 #[test]
 fn json_schema_of_a_tiny_resnet() {
     let arch = Arch::from_preset(&resnet(4, 1, Norm::Instance)).unwrap();
-    let json = arch.to_json();
-    eprintln!("{json}");
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["schema_version"], 1);
-    assert_eq!(v["name"], "resnet_ngf4_1blocks");
-    assert_eq!(v["preset"]["kind"], "resnet");
-    assert_eq!(v["preset"]["norm"], "instance");
-    assert_eq!(v["nodes"][0]["name"], "stem.pad");
-    assert_eq!(v["nodes"][0]["op"]["type"], "reflection_pad2d");
-    assert_eq!(v["nodes"][0]["inputs"][0], INPUT);
-    assert_eq!(v["nodes"][1]["op"]["type"], "conv2d");
-    assert_eq!(v["nodes"][1]["op"]["kernel"], 7);
-    let last = v["nodes"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["name"], "residual");
-    assert_eq!(last["op"]["type"], "add");
-    assert_eq!(last["inputs"], serde_json::json!([INPUT, "head.tanh"]));
+    insta::assert_snapshot!(arch.to_json());
+}
+
+/// Every preset at its defaults, at a glance: name, one-line summary, parameter
+/// counts, the pixel contract's sizes and the cost of a 256x256 slice. The counts of
+/// the defaults are also checked against the formulas above.
+#[test]
+fn default_presets_at_a_glance() {
+    let presets = [
+        Preset::Resnet(ResnetConfig::default()),
+        Preset::Unet(UnetConfig::default()),
+        Preset::Patchgan(PatchganConfig::default()),
+        Preset::Redcnn(RedcnnConfig::default()),
+    ];
+    let table: Vec<serde_json::Value> = presets
+        .iter()
+        .map(|p| {
+            let arch = Arch::from_preset(p).unwrap();
+            let trainable: usize = arch
+                .parameters()
+                .iter()
+                .filter(|s| s.trainable())
+                .map(ParamSpec::numel)
+                .sum();
+            serde_json::json!({
+                "name": arch.name,
+                "summary": arch.summary(),
+                "nodes": arch.nodes.len(),
+                "parameters": arch.parameter_count(),
+                "trainable": trainable,
+                "spatial_multiple": arch.spatial_multiple(),
+                "min_size": arch.min_size(),
+                "preserves_size": arch.preserves_size(),
+                "macs_256x256": arch.macs(256, 256).ok(),
+            })
+        })
+        .collect();
+    insta::assert_json_snapshot!(table);
 }
 
 fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
@@ -390,6 +423,7 @@ fn small_unet() -> Arch {
         norm: Norm::Instance,
         tanh: false,
         global_residual: false,
+        noise_map: false,
     }))
     .unwrap()
 }
@@ -587,4 +621,37 @@ fn without_image_tail_turns_off_tanh_and_the_global_residual_only() {
         Preset::Patchgan(PatchganConfig::default()).without_image_tail(),
         None
     );
+}
+
+#[test]
+fn a_noise_map_unet_takes_two_channels_and_adds_back_the_image_only() {
+    let arch = Arch::from_preset(&Preset::Unet(UnetConfig {
+        base: 4,
+        depth: 2,
+        norm: Norm::None,
+        tanh: true,
+        global_residual: true,
+        noise_map: true,
+    }))
+    .unwrap();
+    assert_eq!(arch.input_channels, 2);
+    assert_eq!(arch.output_channels, 1);
+    assert!(arch.name.ends_with("_noisemap"), "{}", arch.name);
+    let image = arch.node("image").unwrap();
+    assert_eq!(image.op, Op::SelectChannels { start: 0, count: 1 });
+    assert_eq!(image.inputs, vec![INPUT.to_string()]);
+    let residual = arch.nodes.last().unwrap();
+    assert_eq!(residual.inputs[0], "image");
+    // The first convolution sees both channels.
+    match &arch.node("enc0.conv1").unwrap().op {
+        Op::Conv2d { in_channels, .. } => assert_eq!(*in_channels, 2),
+        other => panic!("{other:?}"),
+    }
+    let shapes = arch.infer_shapes(16, 16).unwrap();
+    assert_eq!(shapes.last().unwrap().channels, 1);
+    // Selecting past the input's channels is refused.
+    let mut bad = arch.clone();
+    let i = bad.nodes.len() - 2;
+    bad.nodes[i].op = Op::SelectChannels { start: 1, count: 2 };
+    assert!(bad.validate().is_err());
 }
