@@ -1,5 +1,6 @@
-//! AAPM-layout datasets: `ROOT/{train,test}/{fd,qd}/NAME.npy`, full-dose (`fd`) and
-//! quarter-dose (`qd`) slices paired by file name.
+//! AAPM-layout datasets: `ROOT/{train,val,test}/{fd,qd}/NAME.npy`, full-dose (`fd`) and
+//! quarter-dose (`qd`) slices paired by file name (`val`, a validation split for
+//! monitoring and model selection, is optional).
 //!
 //! The AAPM low-dose challenge `.npy` data are often stored as linear attenuation mu
 //! (mu_water = 0.0192 / mm) rather than HU; [`Units`] converts, and [`Units::detect`]
@@ -22,18 +23,25 @@ pub const FULL_DOSE_DIR: &str = "fd";
 /// Quarter-dose folder name.
 pub const QUARTER_DOSE_DIR: &str = "qd";
 
-/// A dataset split: the `train` or `test` folder.
+/// A dataset split: the `train`, `val` or `test` folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Split {
     Train,
+    /// Held out from training, used to monitor a run and to choose anything that
+    /// must be chosen (never the test split).
+    Val,
     Test,
 }
 
 impl Split {
-    /// The folder name (`train` / `test`).
+    /// Every split, in folder order.
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    /// The folder name (`train` / `val` / `test`).
     pub fn dir_name(self) -> &'static str {
         match self {
             Split::Train => "train",
+            Split::Val => "val",
             Split::Test => "test",
         }
     }
@@ -56,9 +64,10 @@ impl FromStr for Split {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
             "test" => Ok(Split::Test),
             _ => Err(ImagingError::Invalid(format!(
-                "split {s:?} must be train or test"
+                "split {s:?} must be train, val or test"
             ))),
         }
     }
@@ -346,7 +355,8 @@ mod tests {
             Err(ImagingError::SizeMismatch { .. })
         ));
         assert_eq!("test".parse::<Split>().unwrap(), Split::Test);
-        assert!("val".parse::<Split>().is_err());
+        assert!("valid".parse::<Split>().is_err());
+        assert_eq!("val".parse::<Split>().unwrap(), Split::Val);
     }
 
     #[test]

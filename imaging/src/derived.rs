@@ -39,11 +39,32 @@ pub const MANUFACTURER: &str = "ldct";
 /// Implementation Class UID of files ldct writes ("2.25." form, fixed).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.173626946114326655725853596530633465731";
 
-/// The model that produced the pixels.
+/// The model that produced the pixels, and how strongly it was applied.
 #[derive(Debug, Clone, Copy)]
 pub struct DerivedModel<'a> {
     pub name: &'a str,
     pub version: &'a str,
+    /// The strength in [0, 1] the denoised image was composed with (1: the model's
+    /// output as it is; 0: the input's pixels).
+    pub strength: f32,
+}
+
+impl DerivedModel<'_> {
+    /// The strength as the UIDs and descriptions state it (two decimals).
+    pub fn strength_text(&self) -> String {
+        format!("{:.2}", self.strength)
+    }
+
+    /// The UID parts of the model: name and version, plus the strength when it is not
+    /// 1 (so full-strength UIDs stay those of earlier releases, and each strength of a
+    /// source gets its own derived instance, the same on every retry).
+    fn uid_parts(&self) -> Vec<String> {
+        let mut v = vec![self.name.to_owned(), self.version.to_owned()];
+        if self.strength_text() != "1.00" {
+            v.push(format!("strength {}", self.strength_text()));
+        }
+        v
+    }
 }
 
 /// A derived instance: the Part 10 file bytes and its new UIDs.
@@ -74,18 +95,18 @@ pub fn hashed_uid(kind: &str, parts: &[&str]) -> String {
 
 /// The derived SOP Instance UID of a source instance denoised by a model version.
 pub fn derived_sop_instance_uid(source_sop_instance_uid: &str, model: DerivedModel<'_>) -> String {
-    hashed_uid(
-        "instance",
-        &[source_sop_instance_uid.trim(), model.name, model.version],
-    )
+    let mut parts = vec![source_sop_instance_uid.trim().to_owned()];
+    parts.extend(model.uid_parts());
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    hashed_uid("instance", &parts)
 }
 
 /// The derived Series Instance UID of a source series denoised by a model version.
 pub fn derived_series_instance_uid(source_series_uid: &str, model: DerivedModel<'_>) -> String {
-    hashed_uid(
-        "series",
-        &[source_series_uid.trim(), model.name, model.version],
-    )
+    let mut parts = vec![source_series_uid.trim().to_owned()];
+    parts.extend(model.uid_parts());
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    hashed_uid("series", &parts)
 }
 
 /// Parses `source` (a DICOM file), then [`derive`].
@@ -200,6 +221,12 @@ pub fn derive(
             "rescale slope {slope} / intercept {intercept} cannot be inverted"
         )));
     }
+    if !(0.0..=1.0).contains(&model.strength) {
+        return Err(ImagingError::Invalid(format!(
+            "strength {} is outside [0, 1]",
+            model.strength
+        )));
+    }
     if model.name.is_empty() || model.version.is_empty() {
         return Err(ImagingError::Invalid(
             "model name and version must be non-empty".into(),
@@ -260,8 +287,11 @@ pub fn derive(
         tags::DERIVATION_DESCRIPTION,
         VR::ST,
         PrimitiveValue::from(format!(
-            "Denoised by ldct model {} version {} (low-dose CT denoising network)",
-            model.name, model.version
+            "Denoised by ldct model {} version {} at strength {} (low-dose CT denoising \
+             network)",
+            model.name,
+            model.version,
+            model.strength_text()
         )),
     ));
 
@@ -312,8 +342,10 @@ pub fn derive(
             tags::CONTRIBUTION_DESCRIPTION,
             VR::ST,
             PrimitiveValue::from(format!(
-                "Noise reduction by ldct model {} version {}",
-                model.name, model.version
+                "Noise reduction by ldct model {} version {}, strength {}",
+                model.name,
+                model.version,
+                model.strength_text()
             )),
         ),
         DataElement::new(
@@ -455,6 +487,7 @@ mod tests {
     const MODEL: DerivedModel<'static> = DerivedModel {
         name: "tiny",
         version: "0.1.0",
+        strength: 1.0,
     };
 
     #[test]
@@ -468,9 +501,21 @@ mod tests {
                 "1.2.3.4",
                 DerivedModel {
                     name: "tiny",
-                    version: "0.2.0"
+                    version: "0.2.0",
+                    strength: 1.0,
                 }
             )
+        );
+        // Another strength is another derived instance; full strength keeps the UIDs of
+        // releases without a strength.
+        let half = DerivedModel {
+            strength: 0.5,
+            ..MODEL
+        };
+        assert_ne!(a, derived_sop_instance_uid("1.2.3.4", half));
+        assert_eq!(
+            a,
+            hashed_uid("instance", &["1.2.3.4", MODEL.name, MODEL.version])
         );
         assert_ne!(a, derived_series_instance_uid("1.2.3.4", MODEL));
         for uid in [a, derived_series_instance_uid("9.8.7", MODEL)] {

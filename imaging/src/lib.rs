@@ -3,10 +3,13 @@
 //! - [`image`]: [`CtImage`] (one slice in HU) and [`CtVolume`] (a stack of slices).
 //! - [`hu`]: Hounsfield units <-> linear attenuation.
 //! - [`window`]: HU windows, window/level, normalisation to the network range.
-//! - [`npy`], [`dicom`], [`raw`], [`aapm`]: readers and writers.
+//! - [`npy`], [`dicom`], [`raw`], [`inv3`], [`nifti`], [`nrrd`], [`aapm`]: readers and
+//!   writers; [`sample`]: the numeric sample decoder they share; [`orient`]: turning
+//!   volumes in patient coordinates to the radiological display orientation.
 //! - [`derived`]: the derived DICOM instance of a denoised slice.
+//! - [`instance`]: a received DICOM instance as a single-frame CT slice to denoise
+//!   (checks, UIDs, the loop guard against ldct's own output).
 //! - [`png`]: 16-bit PNG, windowed previews, labelled comparison strips.
-//! - [`pad`]: reflection padding to the model's spatial multiple (the pixel contract).
 //! - [`metrics`]: PSNR, SSIM, RMSE in a stated HU window.
 //! - [`noise`]: a no-reference noise estimate in HU.
 
@@ -17,13 +20,18 @@ pub mod error;
 pub mod font;
 pub mod hu;
 pub mod image;
+pub mod instance;
+pub mod inv3;
 pub mod metrics;
+pub mod nifti;
 pub mod noise;
 pub mod npy;
-pub mod pad;
+pub mod nrrd;
+pub mod orient;
 pub mod png;
 pub mod raw;
 pub mod read;
+pub mod sample;
 pub mod window;
 
 pub use error::{ImagingError, Result};

@@ -184,8 +184,8 @@ mod tests {
     #[test]
     fn real_head_ct_plus_known_noise() {
         // Cranium.inv3 (Debian invesalius-examples): a real 256x256 head CT.
-        let path = crate::raw::default_inv3_path().expect("Cranium.inv3 (invesalius-examples)");
-        let vol = crate::raw::read_inv3(&path).unwrap();
+        let path = crate::inv3::default_inv3_path().expect("Cranium.inv3 (invesalius-examples)");
+        let vol = crate::inv3::read_inv3(&path).unwrap();
         let slice = vol.slice(54).hu;
         let base = estimate_noise(&slice).unwrap();
         assert!(base.sigma_hu > 0.5 && base.sigma_hu < 15.0, "{base:?}");

@@ -10,6 +10,7 @@ use std::path::Path;
 use ndarray::{Array2, Array3, ArrayD, IxDyn};
 
 use crate::error::{ImagingError, Result};
+use crate::sample::{self, Endian, SampleType};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 /// Headers larger than this are rejected (numpy itself caps them at 10 kB by default).
@@ -25,12 +26,18 @@ pub enum NpyDtype {
 }
 
 impl NpyDtype {
-    fn size(self) -> usize {
+    /// The sample type it decodes as.
+    pub fn sample(self) -> SampleType {
         match self {
-            NpyDtype::F32 => 4,
-            NpyDtype::F64 => 8,
-            NpyDtype::I16 | NpyDtype::U16 => 2,
+            NpyDtype::F32 => SampleType::F32,
+            NpyDtype::F64 => SampleType::F64,
+            NpyDtype::I16 => SampleType::I16,
+            NpyDtype::U16 => SampleType::U16,
         }
+    }
+
+    fn size(self) -> usize {
+        self.sample().size()
     }
 
     /// numpy's name (`float32`, ...).
@@ -154,53 +161,8 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray> {
         )));
     }
     let payload = &payload[..nbytes];
-    let mut data: Vec<f32> = match dtype {
-        NpyDtype::F32 => payload
-            .chunks_exact(4)
-            .map(|c| {
-                let b = [c[0], c[1], c[2], c[3]];
-                if little {
-                    f32::from_le_bytes(b)
-                } else {
-                    f32::from_be_bytes(b)
-                }
-            })
-            .collect(),
-        NpyDtype::F64 => payload
-            .chunks_exact(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                (if little {
-                    f64::from_le_bytes(b)
-                } else {
-                    f64::from_be_bytes(b)
-                }) as f32
-            })
-            .collect(),
-        NpyDtype::I16 => payload
-            .chunks_exact(2)
-            .map(|c| {
-                let b = [c[0], c[1]];
-                f32::from(if little {
-                    i16::from_le_bytes(b)
-                } else {
-                    i16::from_be_bytes(b)
-                })
-            })
-            .collect(),
-        NpyDtype::U16 => payload
-            .chunks_exact(2)
-            .map(|c| {
-                let b = [c[0], c[1]];
-                f32::from(if little {
-                    u16::from_le_bytes(b)
-                } else {
-                    u16::from_be_bytes(b)
-                })
-            })
-            .collect(),
-    };
+    let endian = if little { Endian::Little } else { Endian::Big };
+    let mut data = sample::decode(payload, dtype.sample(), endian);
     if fortran && shape.len() > 1 {
         // Fortran order: reinterpret with reversed axes, then transpose to C order.
         let rev: Vec<usize> = shape.iter().rev().copied().collect();
@@ -257,7 +219,9 @@ fn parse_shape(s: &str) -> Result<Vec<usize>> {
 }
 
 fn parse_descr(descr: &str) -> Result<(bool, NpyDtype)> {
-    let (order, ty) = descr.split_at(descr.len().min(1));
+    // Split after the first character (not byte: a multibyte one must not panic).
+    let first = descr.chars().next().map_or(0, char::len_utf8);
+    let (order, ty) = descr.split_at(first);
     let little = match order {
         "<" | "|" | "=" => true,
         ">" => false,

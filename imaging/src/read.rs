@@ -4,6 +4,8 @@
 //! |---------------------------------------|-------------------------------------------|
 //! | `*.npy`                               | `[H, W]`, `[1, H, W]` or `[N, H, W]` HU   |
 //! | `*.inv3`                              | an InVesalius project's volume            |
+//! | `*.nii`, `*.nii.gz`                   | a NIfTI-1/2 volume, display orientation   |
+//! | `*.nrrd`, `*.nhdr`                    | a NRRD volume, display orientation        |
 //! | any other file that sniffs as DICOM   | its frames (CT or Enhanced CT), HU        |
 //! | a folder holding DICOM files          | one series, sorted along the slice normal |
 //! | a folder of `*.npy` (no DICOM)        | slices in natural name order              |
@@ -17,7 +19,7 @@ use crate::aapm::natural_cmp;
 use crate::dicom;
 use crate::error::{ImagingError, Result};
 use crate::image::CtImage;
-use crate::{npy, raw};
+use crate::{inv3, nifti, npy, nrrd};
 
 /// Every slice of a CT input, in order.
 pub fn read_ct(path: &Path) -> Result<Vec<CtImage>> {
@@ -30,15 +32,25 @@ pub fn read_series(path: &Path, series: Option<&str>) -> Result<Vec<CtImage>> {
     if meta.is_dir() {
         return read_dir(path, series);
     }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(".nii.gz") {
+        return Ok(nifti::read_nifti(path)?.0.slices().collect());
+    }
     match extension(path).as_deref() {
         Some("npy") => read_npy_slices(path),
-        Some("inv3") => Ok(raw::read_inv3(path)?.slices().collect()),
+        Some("inv3") => Ok(inv3::read_inv3(path)?.slices().collect()),
+        Some("nii") => Ok(nifti::read_nifti(path)?.0.slices().collect()),
+        Some("nrrd" | "nhdr") => Ok(nrrd::read_nrrd(path)?.0.slices().collect()),
         _ => {
             if dicom::is_dicom_file(path) {
                 Ok(dicom::read_dicom_file(path)?.frames)
             } else {
                 Err(ImagingError::Invalid(format!(
-                    "{}: unsupported input (expected .npy, .inv3, a DICOM file or a folder)",
+                    "{}: unsupported input (expected .npy, .inv3, .nii, .nii.gz, .nrrd, .nhdr, a DICOM file \
+                     or a folder)",
                     path.display()
                 )))
             }
