@@ -4,11 +4,10 @@
 //! over F's and H's current weights (in memory and from the run folder, through
 //! `eval`), and configuration errors name the field.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
-use common::{
+use crate::common::{
     assert_same_files, column, fit_resumed, fit_stopped, metrics_without_time, opts,
     synthetic_dataset,
 };

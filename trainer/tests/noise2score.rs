@@ -2,11 +2,9 @@
 //! posterior by quadrature), gradients through the composed graph, the AR-DAE loss
 //! on a tiny run, the noise estimator, and bit-exact resume.
 
-mod common;
-
 use std::path::Path;
 
-use common::{
+use crate::common::{
     assert_same_files, column, fit_resumed, fit_stopped, metrics_without_time, opts,
     synthetic_dataset,
 };
@@ -300,6 +298,7 @@ fn gradients_flow_through_every_tweedie_graph() {
         norm: Norm::Instance,
         tanh: false,
         global_residual: false,
+        noise_map: false,
     }))
     .unwrap();
     for tweedie in [
@@ -353,6 +352,7 @@ fn the_denoiser_shares_the_score_networks_variables() {
         depth: 1,
         tanh: false,
         global_residual: false,
+        noise_map: false,
         ..Default::default()
     }))
     .unwrap();

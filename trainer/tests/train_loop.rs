@@ -2,11 +2,10 @@
 //! falls, `--max-steps` + `--resume` reproduces an uninterrupted run bit for bit,
 //! the run folder holds its files, and the CLI's fit / eval / denoise work.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
-use common::{
+use crate::common::{
     assert_same_files, column, fit_resumed, fit_stopped, metrics_without_time, opts,
     synthetic_dataset,
 };

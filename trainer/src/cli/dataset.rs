@@ -1,5 +1,7 @@
 //! `ldct-train dataset import`: build an AAPM-layout dataset from full-dose CT;
-//! `ldct-train dataset gaussian`: the same with synthetic Gaussian noise.
+//! `ldct-train dataset gaussian`: the same with synthetic Gaussian noise;
+//! `ldct-train dataset build`: several sources, kernels, geometries and noise levels
+//! from a recipe.
 
 use std::path::PathBuf;
 
@@ -8,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ldct_imaging::raw::{Endian, RawDtype};
 
 use super::simulate::SimOptions;
+use crate::dataset::multi::{build, BuildOptions, Recipe};
 use crate::dataset::{import, make_gaussian, GaussianOptions, ImportOptions, Source};
 
 #[derive(Debug, Subcommand)]
@@ -18,6 +21,29 @@ pub enum DatasetCommand {
     /// From an AAPM-layout dataset, write one whose qd slices are its fd slices
     /// plus white Gaussian noise of a known sigma in HU (both splits).
     Gaussian(GaussianArgs),
+    /// Build a multi-source dataset from a recipe (configs/data/ct-multi.toml): per
+    /// source a test, a validation and a training block; per slice a kernel and a
+    /// geometry; {train,val}/{fd,qd} at the pool dose and levels/NNhu/test/{fd,qd}
+    /// simulated at each test noise level.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The recipe (TOML): sources with their origin and licence, kernels, geometries,
+    /// test levels.
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder that relative source paths are resolved against when they do not exist
+    /// as given (default: the current folder).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Rebuild even when dataset.json says the dataset is up to date.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +74,10 @@ pub enum SourceArg {
     /// A .npy volume or slice, a folder of .npy slices, or an AAPM-layout folder
     /// (copied and converted to HU, split kept).
     Npy,
+    /// A NIfTI-1/2 volume (.nii, .nii.gz).
+    Nifti,
+    /// A NRRD volume (.nrrd, or .nhdr with its data file).
+    Nrrd,
     /// A raw volume (needs --shape).
     Raw,
 }
@@ -104,6 +134,32 @@ pub struct ImportArgs {
 pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
     match cmd {
         DatasetCommand::Import(args) => run_import(args),
+        DatasetCommand::Build(args) => {
+            let recipe = Recipe::from_file(&args.recipe)?;
+            let summary = build(&BuildOptions {
+                recipe,
+                base: args.base.unwrap_or_else(|| PathBuf::from(".")),
+                out: args.out.clone(),
+                force: args.force,
+            })?;
+            if summary.up_to_date {
+                tracing::info!(
+                    out = %args.out.display(),
+                    "dataset already up to date (same recipe, sources and seed); --force rebuilds"
+                );
+            } else {
+                tracing::info!(
+                    out = %args.out.display(),
+                    train = summary.train,
+                    val = summary.val,
+                    test = summary.test,
+                    levels = summary.levels,
+                    seconds = format!("{:.1}", summary.seconds),
+                    "dataset written"
+                );
+            }
+            Ok(())
+        }
         DatasetCommand::Gaussian(args) => {
             let summary = make_gaussian(&GaussianOptions {
                 from: args.from,
@@ -134,6 +190,8 @@ fn run_import(args: ImportArgs) -> anyhow::Result<()> {
         SourceArg::Invesalius => Source::Invesalius(args.input.clone()),
         SourceArg::Dicom => Source::Dicom(need_input("dicom")?),
         SourceArg::Npy => Source::Npy(need_input("npy")?),
+        SourceArg::Nifti => Source::Nifti(need_input("nifti")?),
+        SourceArg::Nrrd => Source::Nrrd(need_input("nrrd")?),
         SourceArg::Raw => {
             let Some(shape) = args.shape.as_deref() else {
                 bail!("--source raw needs --shape SLICES,ROWS,COLS");

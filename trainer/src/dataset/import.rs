@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ldct_imaging::aapm::{self, Split};
+use ldct_imaging::inv3;
 use ldct_imaging::raw::{self, Endian, RawDtype};
 use ldct_imaging::{png, read, CtImage, Window};
 use rayon::prelude::*;
@@ -36,6 +37,10 @@ pub enum Source {
     Invesalius(Option<PathBuf>),
     /// A DICOM file or series folder.
     Dicom(PathBuf),
+    /// A NIfTI-1/2 volume (`.nii`, `.nii.gz`).
+    Nifti(PathBuf),
+    /// A NRRD volume (`.nrrd`, `.nhdr`).
+    Nrrd(PathBuf),
     /// A `.npy` file ([H,W] or [N,H,W] HU), a folder of `.npy` slices, or an existing
     /// AAPM-layout folder (copied, converted to HU float32, its split kept).
     Npy(PathBuf),
@@ -54,6 +59,8 @@ impl Source {
         match self {
             Source::Invesalius(_) => "invesalius",
             Source::Dicom(_) => "dicom",
+            Source::Nifti(_) => "nifti",
+            Source::Nrrd(_) => "nrrd",
             Source::Npy(_) => "npy",
             Source::Raw { .. } => "raw",
         }
@@ -151,18 +158,18 @@ fn load(source: &Source) -> Result<(Vec<CtImage>, String)> {
         Source::Invesalius(path) => {
             let path = match path {
                 Some(p) => p.clone(),
-                None => raw::default_inv3_path().ok_or_else(|| {
+                None => inv3::default_inv3_path().ok_or_else(|| {
                     invalid(format!(
                         "no InVesalius sample found (looked in {:?}); install the Debian package \
                          invesalius-examples (`make data` does) or pass --input",
-                        raw::INV3_PATHS
+                        inv3::INV3_PATHS
                     ))
                 })?,
             };
-            let volume = raw::read_inv3(&path)?;
+            let volume = inv3::read_inv3(&path)?;
             (volume.slices().collect(), path.display().to_string())
         }
-        Source::Dicom(path) | Source::Npy(path) => {
+        Source::Dicom(path) | Source::Npy(path) | Source::Nifti(path) | Source::Nrrd(path) => {
             (read::read_ct(path)?, path.display().to_string())
         }
         Source::Raw {

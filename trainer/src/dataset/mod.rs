@@ -13,11 +13,39 @@ use std::ops::Range;
 
 pub mod gaussian;
 pub mod import;
+pub mod multi;
 
 pub use gaussian::{make_gaussian, GaussianOptions, GaussianSummary};
 pub use import::{import, ImportOptions, ImportSummary, Source};
 
+use ndarray::Array2;
 use serde::{Deserialize, Serialize};
+
+/// Pixels of the full-dose slice above this (HU) define a pair's noise level.
+pub const NOISE_MASK_HU: f32 = -500.0;
+
+/// The noise level of a pair in HU: the standard deviation of `qd - fd` over pixels
+/// with `fd > NOISE_MASK_HU` (soft tissue and bone; air outside the body, where a
+/// scanner's noise is lower, does not count). `None` when fewer than 100 pixels
+/// qualify or the slices differ in size.
+pub fn noise_level_hu(fd: &Array2<f32>, qd: &Array2<f32>) -> Option<f32> {
+    if fd.dim() != qd.dim() {
+        return None;
+    }
+    let (mut n, mut s, mut s2) = (0usize, 0f64, 0f64);
+    for (&f, &q) in fd.iter().zip(qd) {
+        if f > NOISE_MASK_HU {
+            let d = f64::from(q - f);
+            n += 1;
+            s += d;
+            s2 += d * d;
+        }
+    }
+    (n >= 100).then(|| {
+        let mean = s / n as f64;
+        ((s2 / n as f64 - mean * mean).max(0.0)).sqrt() as f32
+    })
+}
 
 /// Errors of the split planner.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -386,13 +386,36 @@ impl Network {
     /// Denoises one normalised slice (values in the manifest's normalised range,
     /// [-1, 1] by default) of any size; see [`Network::forward_any_size`].
     pub fn denoise_normalised(&self, image: &Array2<f32>) -> Result<Array2<f32>, ModelError> {
+        self.denoise_normalised_with(image, None)
+    }
+
+    /// [`Network::denoise_normalised`] for a single-channel network, or for a
+    /// noise-conditioned one (two input channels) with `noise_map` the value of its
+    /// constant second channel.
+    pub fn denoise_normalised_with(
+        &self,
+        image: &Array2<f32>,
+        noise_map: Option<f32>,
+    ) -> Result<Array2<f32>, ModelError> {
+        let (h, w) = image.dim();
+        if self.arch.input_channels == 2 && self.arch.output_channels == 1 {
+            let level = noise_map.ok_or_else(|| {
+                ModelError::Unsupported(format!("{} needs a noise map value", self.arch.name))
+            })?;
+            let mut v: Vec<f32> = image.iter().copied().collect();
+            v.extend(std::iter::repeat_n(level, h * w));
+            let x = Tensor::from_vec(v, (1, 2, h, w), &self.device)?.to_dtype(self.dtype)?;
+            let y = self.forward_any_size(&x)?;
+            let v = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            return Array2::from_shape_vec((h, w), v)
+                .map_err(|e| ModelError::Unsupported(format!("output of unexpected size: {e}")));
+        }
         if self.arch.input_channels != 1 || self.arch.output_channels != 1 {
             return Err(ModelError::Unsupported(format!(
                 "{} is not a single-channel image-to-image network",
                 self.arch.name
             )));
         }
-        let (h, w) = image.dim();
         let x = Tensor::from_vec(
             image.iter().copied().collect::<Vec<f32>>(),
             (1, 1, h, w),
@@ -554,6 +577,7 @@ impl Network {
                 Op::Exp => a.exp()?,
                 Op::Affine { scale, shift } => a.affine(scale, shift)?,
                 Op::Concat => Tensor::cat(&inputs, 1)?,
+                Op::SelectChannels { start, count } => a.narrow(1, start, count)?,
                 Op::Upsample { scale, mode } => {
                     let (_, _, h, w) = a.dims4()?;
                     match mode {

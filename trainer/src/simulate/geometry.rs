@@ -102,7 +102,7 @@ impl ImageGrid {
 }
 
 /// Parallel beam or fan beam.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum GeometryKind {
     Parallel,

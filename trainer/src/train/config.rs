@@ -101,6 +101,19 @@ pub struct DataConfig {
     pub min_tissue: f32,
     /// Batches prepared ahead on a background thread. Default 4.
     pub prefetch: usize,
+    /// Train at noise levels drawn log-uniformly from `[lo, hi]` HU: each patch's
+    /// low-dose partner is `fd + s * (qd - fd)`, the pair's own noise realisation
+    /// scaled to the drawn level (`s = level / the pair's noise level`; noise variance
+    /// is proportional to 1 / dose, so this is the pair at another dose). Paired
+    /// supervised data only. Default unset: the pairs as stored.
+    pub noise_hu: Option<[f32; 2]>,
+    /// With `noise_hu`: use `-(qd - fd)` for half of the patches (an equally likely
+    /// realisation for noise symmetric about zero). Default true.
+    pub noise_flip: bool,
+    /// Validate at these noise levels (HU), each validation pair's noise rescaled
+    /// as for `noise_hu`; the reported figures are the means over slices and levels.
+    /// Default empty: the validation pairs as stored.
+    pub val_noise_hu: Vec<f32>,
 }
 
 impl Default for DataConfig {
@@ -117,6 +130,9 @@ impl Default for DataConfig {
             augment: true,
             min_tissue: 0.25,
             prefetch: 4,
+            noise_hu: None,
+            noise_flip: true,
+            val_noise_hu: Vec::new(),
         }
     }
 }
@@ -441,6 +457,11 @@ impl Default for Noise2scoreConfig {
 }
 
 impl TrainConfig {
+    /// Whether the generator takes a noise map (a U-Net with `noise_map = true`).
+    pub fn noise_conditioned(&self) -> bool {
+        matches!(&self.model.generator, Preset::Unet(c) if c.noise_map)
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -493,6 +514,27 @@ impl TrainConfig {
         }
         if d.low.is_some() != d.full.is_some() {
             return bad("data.low and data.full go together (unpaired CycleGAN data)".into());
+        }
+        if let Some([lo, hi]) = d.noise_hu {
+            if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+                return bad(format!(
+                    "data.noise_hu [{lo}, {hi}] must be positive levels with lo <= hi"
+                ));
+            }
+            if self.method != Method::Supervised {
+                return bad("data.noise_hu rescales paired noise: supervised training only".into());
+            }
+        }
+        if self.noise_conditioned() && d.noise_hu.is_none() {
+            return bad(
+                "a noise_map generator draws its noise levels from data.noise_hu: set it".into(),
+            );
+        }
+        if d.val_noise_hu.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
+            return bad(format!(
+                "data.val_noise_hu {:?} must hold positive levels",
+                d.val_noise_hu
+            ));
         }
         if d.low.is_some() && self.method == Method::Supervised {
             return bad(

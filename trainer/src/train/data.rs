@@ -5,6 +5,15 @@
 //! The batch of step `s` depends only on the seed and `s` (its random stream is
 //! `derive_seed(seed, s)`), never on timing or on where a run was resumed, so a
 //! resumed run sees exactly the batches an uninterrupted one would.
+//!
+//! **Noise levels** (`data.noise_hu`): a paired set can keep each pair's noise
+//! realisation `n = qd - fd` (HU) and its level `sigma` ([`NoisePool`]); a patch is
+//! then drawn at a level `L` log-uniform in the range, its low-dose partner being
+//! `fd + (L / sigma) n` (or `- n`). Projection-domain noise has variance proportional
+//! to 1 / dose and the reconstruction is linear, so this is the same slice at dose
+//! `dose * (sigma / L)^2` as long as the counts stay high enough for the log to be
+//! linear in the noise (checked against real simulations by
+//! `tests/noise_rescaling.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -16,6 +25,7 @@ use ndarray::{s, Array2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::dataset::noise_level_hu;
 use crate::simulate::dose::derive_seed;
 
 /// Errors loading training data.
@@ -42,11 +52,62 @@ pub struct SliceSet {
     pub names: Vec<String>,
     /// A description for the run's records.
     pub description: String,
+    /// The pairs' noise realisations, when the set is drawn at noise levels.
+    pub noise: Option<NoisePool>,
+}
+
+/// The noise realisation of every pair of a paired set, in HU.
+#[derive(Debug, Clone)]
+pub struct NoisePool {
+    /// Full-dose slices in HU (unclipped).
+    pub fd_hu: Vec<Array2<f32>>,
+    /// `qd - fd` in HU.
+    pub noise_hu: Vec<Array2<f32>>,
+    /// Each pair's noise level (see [`noise_level_hu`]).
+    pub sigma_hu: Vec<f32>,
+    /// For noise-conditioned networks, per pair: the no-reference noise estimate
+    /// ([`ldct_imaging::noise`]) of `fd` (its own texture, `a`) and of the noise alone
+    /// (`b`, from the estimate `c` of `qd` as `sqrt(c^2 - a^2)`), so that the estimate
+    /// of `fd + s n` is `sqrt(a^2 + s^2 b^2)` without estimating every drawn image.
+    /// Empty unless [`SliceSet::with_noise_estimates`] was called.
+    pub estimate_hu: Vec<(f32, f32)>,
+}
+
+/// The noise map value (normalised units) of a noise estimate in HU: the pixel
+/// contract's rule ([`ldct_proto::contract::noise_map_value`]), shared with the server.
+pub fn noise_map_value(estimate_hu: f32, norm: &Normaliser) -> f32 {
+    ldct_proto::contract::noise_map_value(
+        Some(estimate_hu),
+        [norm.window.lo, norm.window.hi],
+        [norm.range_lo, norm.range_hi],
+    )
+}
+
+impl NoisePool {
+    /// The low-dose partner of pair `i` at noise level `level` HU (`sign` -1 flips the
+    /// realisation), normalised.
+    fn low_at(&self, i: usize, level: f32, sign: f32, norm: &Normaliser) -> Array2<f32> {
+        let s = sign * level / self.sigma_hu[i];
+        let mut out = self.fd_hu[i].clone();
+        out.zip_mut_with(&self.noise_hu[i], |f, n| *f = norm.forward(*f + s * n));
+        out
+    }
 }
 
 impl SliceSet {
     /// The pairs of one split of an AAPM-layout dataset.
     pub fn from_aapm(root: &Path, split: Split, norm: &Normaliser) -> Result<Self, DataError> {
+        Self::load_aapm(root, split, norm, false)
+    }
+
+    /// [`SliceSet::from_aapm`], keeping each pair's noise realisation when `noise`
+    /// (for drawing patches at other noise levels).
+    pub fn load_aapm(
+        root: &Path,
+        split: Split,
+        norm: &Normaliser,
+        noise: bool,
+    ) -> Result<Self, DataError> {
         let pairs = aapm::list_pairs(root, split)?;
         let mut set = SliceSet {
             low: Vec::with_capacity(pairs.len()),
@@ -54,14 +115,81 @@ impl SliceSet {
             paired: true,
             names: Vec::with_capacity(pairs.len()),
             description: format!("{} ({split} split)", root.display()),
+            noise: None,
+        };
+        let mut pool = NoisePool {
+            fd_hu: Vec::new(),
+            noise_hu: Vec::new(),
+            sigma_hu: Vec::new(),
+            estimate_hu: Vec::new(),
         };
         for p in &pairs {
             let (fd, qd) = aapm::load_pair(p, None)?;
+            if noise {
+                let sigma = noise_level_hu(&fd, &qd)
+                    .filter(|s| *s > 0.0)
+                    .ok_or_else(|| {
+                        DataError::Invalid(format!(
+                        "{}: no noise level (fewer than 100 pixels above -500 HU, or qd = fd): \
+                         this pair cannot be rescaled to other noise levels",
+                        p.qd.display()
+                    ))
+                    })?;
+                pool.noise_hu.push(&qd - &fd);
+                pool.fd_hu.push(fd.clone());
+                pool.sigma_hu.push(sigma);
+            }
             set.full.push(normalise(fd, norm, &p.fd)?);
             set.low.push(normalise(qd, norm, &p.qd)?);
             set.names.push(p.name.clone());
         }
+        if noise {
+            set.noise = Some(pool);
+        }
         Ok(set)
+    }
+
+    /// Adds the noise estimates a noise-conditioned network needs ([`NoisePool`]).
+    pub fn with_noise_estimates(mut self) -> Result<Self, DataError> {
+        let pool = self.noise.as_mut().ok_or_else(|| {
+            DataError::Invalid("noise estimates need the pairs' noise (data.noise_hu)".into())
+        })?;
+        use rayon::prelude::*;
+        pool.estimate_hu = (0..pool.fd_hu.len())
+            .into_par_iter()
+            .map(|i| {
+                let fd = &pool.fd_hu[i];
+                let a = ldct_imaging::noise::estimate_noise_hu(fd).unwrap_or(0.0);
+                let c =
+                    ldct_imaging::noise::estimate_noise_hu(&(fd + &pool.noise_hu[i])).unwrap_or(a);
+                (a, (c * c - a * a).max(0.0).sqrt())
+            })
+            .collect();
+        Ok(self)
+    }
+
+    /// Every pair at each of `levels` (HU), its noise rescaled as [`Sampler`] does
+    /// (names get a `@NNhu` suffix). Needs a [`NoisePool`].
+    pub fn at_levels(&self, levels: &[f32], norm: &Normaliser) -> Result<Self, DataError> {
+        let pool = self.noise.as_ref().ok_or_else(|| {
+            DataError::Invalid("noise levels need the pairs' noise (load with noise)".into())
+        })?;
+        let mut out = SliceSet {
+            low: Vec::new(),
+            full: Vec::new(),
+            paired: true,
+            names: Vec::new(),
+            description: format!("{} at {levels:?} HU", self.description),
+            noise: None,
+        };
+        for &level in levels {
+            for i in 0..self.len() {
+                out.low.push(pool.low_at(i, level, 1.0, norm));
+                out.full.push(self.full[i].clone());
+                out.names.push(format!("{}@{level:.0}hu", self.names[i]));
+            }
+        }
+        Ok(out)
     }
 
     /// Unpaired slices: any input the imaging crate reads (DICOM series folder,
@@ -81,6 +209,7 @@ impl SliceSet {
             full: full_slices,
             paired: false,
             description: format!("low {}, full {} (unpaired)", low.display(), full.display()),
+            noise: None,
         })
     }
 
@@ -105,6 +234,14 @@ impl SliceSet {
         pick(&mut self.low);
         if self.paired {
             pick(&mut self.full);
+        }
+        if let Some(pool) = &mut self.noise {
+            pick(&mut pool.fd_hu);
+            pick(&mut pool.noise_hu);
+            pool.sigma_hu = keep.iter().map(|&i| pool.sigma_hu[i]).collect();
+            if !pool.estimate_hu.is_empty() {
+                pool.estimate_hu = keep.iter().map(|&i| pool.estimate_hu[i]).collect();
+            }
         }
         self.names = keep.iter().map(|&i| self.names[i].clone()).collect();
         self
@@ -134,6 +271,10 @@ pub struct Batch {
     pub full: Vec<f32>,
     pub batch: usize,
     pub patch: usize,
+    /// Per patch, the noise map value of a noise-conditioned network: the noise
+    /// estimate of the patch's whole slice at its level, in the normalised range
+    /// (empty unless the set has [`NoisePool`] estimates).
+    pub noise_map: Vec<f32>,
 }
 
 /// Draws the patches of a step.
@@ -146,6 +287,10 @@ pub struct Sampler {
     /// `min_tissue`'s threshold in the normalised range.
     air: f32,
     seed: u64,
+    /// Noise levels `(lo, hi)` in HU to draw patches at (needs a [`NoisePool`]).
+    noise_range: Option<(f32, f32)>,
+    noise_flip: bool,
+    norm: Normaliser,
 }
 
 impl Sampler {
@@ -164,7 +309,18 @@ impl Sampler {
             min_tissue,
             air: norm.forward(AIR_HU),
             seed,
+            noise_range: None,
+            noise_flip: false,
+            norm: *norm,
         }
+    }
+
+    /// Draws every paired patch at a noise level log-uniform in `[lo, hi]` HU (see
+    /// the module docs); `flip` uses the negated realisation for half of them.
+    pub fn with_noise_levels(mut self, lo: f32, hi: f32, flip: bool) -> Self {
+        self.noise_range = Some((lo, hi));
+        self.noise_flip = flip;
+        self
     }
 
     /// The batch of `step` (deterministic in the seed and the step).
@@ -177,13 +333,41 @@ impl Sampler {
             full: Vec::with_capacity(n),
             batch: self.batch,
             patch: self.patch,
+            noise_map: Vec::new(),
         };
         for _ in 0..self.batch {
             let i = rng.random_range(0..set.low.len());
             if set.paired {
                 let (y, x) = self.crop_origin(&mut rng, &set.full[i], &set.low[i])?;
                 let t = self.transform(&mut rng);
-                self.extend(&mut out.low, &set.low[i], y, x, t);
+                match (self.noise_range, &set.noise) {
+                    (Some((lo, hi)), Some(pool)) => {
+                        let level = (lo.ln() + rng.random::<f32>() * (hi / lo).ln()).exp();
+                        let sign = if self.noise_flip && rng.random::<bool>() {
+                            -1.0
+                        } else {
+                            1.0
+                        };
+                        let s = sign * level / pool.sigma_hu[i];
+                        if let Some(&(a, b)) = pool.estimate_hu.get(i) {
+                            let est = (a * a + s * s * b * b).sqrt();
+                            out.noise_map.push(noise_map_value(est, &self.norm));
+                        }
+                        let (fd, n) = (&pool.fd_hu[i], &pool.noise_hu[i]);
+                        let norm = &self.norm;
+                        self.extend_with(&mut out.low, y, x, t, |r, c| {
+                            norm.forward(fd[(r, c)] + s * n[(r, c)])
+                        });
+                    }
+                    (Some(_), None) => {
+                        return Err(DataError::Invalid(
+                            "noise levels need the pairs' noise (data.noise_hu with a set \
+                             loaded without it)"
+                                .into(),
+                        ))
+                    }
+                    (None, _) => self.extend(&mut out.low, &set.low[i], y, x, t),
+                }
                 self.extend(&mut out.full, &set.full[i], y, x, t);
             } else {
                 let j = rng.random_range(0..set.full.len());
@@ -248,6 +432,19 @@ impl Sampler {
         x: usize,
         t: (bool, bool, bool),
     ) {
+        self.extend_with(out, y, x, t, |r, c| img[(r, c)]);
+    }
+
+    /// Appends the patch at `(y, x)` under transform `t`, pixel `(r, c)` of the source
+    /// being `value(r, c)`.
+    fn extend_with(
+        &self,
+        out: &mut Vec<f32>,
+        y: usize,
+        x: usize,
+        t: (bool, bool, bool),
+        value: impl Fn(usize, usize) -> f32,
+    ) {
         let p = self.patch;
         let (transpose, flip_r, flip_c) = t;
         for r in 0..p {
@@ -259,7 +456,7 @@ impl Sampler {
                 if flip_c {
                     cc = p - 1 - cc;
                 }
-                out.push(img[(y + rr, x + cc)]);
+                out.push(value(y + rr, x + cc));
             }
         }
     }
@@ -339,7 +536,11 @@ pub fn load(config: &super::TrainConfig) -> Result<RunData, DataError> {
             root.display()
         )));
     }
-    let mut train = SliceSet::from_aapm(&root, Split::Train, &norm)?;
+    let rescale = config.data.noise_hu.is_some();
+    let mut train = SliceSet::load_aapm(&root, Split::Train, &norm, rescale)?;
+    if config.noise_conditioned() {
+        train = train.with_noise_estimates()?;
+    }
     if matches!(
         config.method,
         ldct_proto::manifest::Method::Cyclegan
@@ -359,7 +560,14 @@ pub fn load(config: &super::TrainConfig) -> Result<RunData, DataError> {
             .val_split
             .parse()
             .map_err(|e: ldct_imaging::ImagingError| DataError::Invalid(e.to_string()))?;
-        Some(SliceSet::from_aapm(&root, split, &norm)?.evenly_spaced(config.data.val_slices))
+        let levels = &config.data.val_noise_hu;
+        let set = SliceSet::load_aapm(&root, split, &norm, !levels.is_empty())?
+            .evenly_spaced(config.data.val_slices);
+        Some(if levels.is_empty() {
+            set
+        } else {
+            set.at_levels(levels, &norm)?
+        })
     };
     Ok(RunData {
         train,
@@ -403,6 +611,7 @@ mod tests {
             paired,
             names: vec!["a".into(), "b".into()],
             description: String::new(),
+            noise: None,
         }
     }
 
@@ -445,6 +654,81 @@ mod tests {
             seen.insert(out.iter().map(|v| *v as u8).collect::<Vec<_>>());
         }
         assert_eq!(seen.len(), 8);
+    }
+
+    /// A paired set whose noise is +-10 HU in a checkerboard on 40 HU.
+    fn noisy_set() -> (SliceSet, Normaliser) {
+        let norm = Normaliser::default();
+        let fd = Array2::from_elem((32, 32), 40.0f32);
+        let n = Array2::from_shape_fn(
+            (32, 32),
+            |(r, c)| if (r + c) % 2 == 0 { 10.0 } else { -10.0 },
+        );
+        let qd = &fd + &n;
+        let set = SliceSet {
+            low: vec![qd.mapv(|v| norm.forward(v))],
+            full: vec![fd.mapv(|v| norm.forward(v))],
+            paired: true,
+            names: vec!["a".into()],
+            description: String::new(),
+            noise: Some(NoisePool {
+                fd_hu: vec![fd.clone()],
+                noise_hu: vec![n],
+                sigma_hu: vec![noise_level_hu(&fd, &qd).unwrap()],
+                estimate_hu: Vec::new(),
+            }),
+        };
+        (set, norm)
+    }
+
+    #[test]
+    fn patches_are_drawn_at_log_uniform_noise_levels() {
+        let (set, norm) = noisy_set();
+        let s = Sampler::new(8, 1, true, 0.0, &norm, 3).with_noise_levels(5.0, 150.0, true);
+        let (mut levels, mut signs) = (Vec::new(), [0usize; 2]);
+        for step in 0..400 {
+            let b = s.batch(&set, step).unwrap();
+            let d: Vec<f32> = b
+                .low
+                .iter()
+                .zip(&b.full)
+                .map(|(l, f)| norm.inverse(*l) - norm.inverse(*f))
+                .collect();
+            // One level per patch: every pixel's |noise| is the level.
+            let level = d[0].abs();
+            assert!(d
+                .iter()
+                .all(|v| (v.abs() - level).abs() < 1e-2 * level.max(1.0)));
+            assert!((5.0 - 1e-3..=150.0 + 1e-3).contains(&level), "{level}");
+            levels.push(level);
+            // The checkerboard's sign at (0, 0) after any square symmetry stays +1 for a
+            // plain realisation (all 8 symmetries keep even parity at the corner).
+            signs[usize::from(d[0] < 0.0)] += 1;
+        }
+        // Log-uniform: the median is near the geometric mean, sqrt(5 * 150) = 27.4.
+        levels.sort_by(f32::total_cmp);
+        let median = levels[levels.len() / 2];
+        assert!((20.0..38.0).contains(&median), "median level {median}");
+        assert!(levels[0] < 6.5 && levels[levels.len() - 1] > 120.0);
+        assert!(signs[0] > 150 && signs[1] > 150, "signs {signs:?}");
+        // Without the pool the sampler refuses instead of training on the wrong pairs.
+        let mut plain = set.clone();
+        plain.noise = None;
+        assert!(s.batch(&plain, 0).is_err());
+    }
+
+    #[test]
+    fn validation_sets_hold_each_level() {
+        let (set, norm) = noisy_set();
+        let v = set.at_levels(&[10.0, 30.0], &norm).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v.names, vec!["a@10hu", "a@30hu"]);
+        for (k, level) in [10.0f32, 30.0].iter().enumerate() {
+            let low = v.low[k].mapv(|x| norm.inverse(x));
+            let full = v.full[k].mapv(|x| norm.inverse(x));
+            let got = noise_level_hu(&full, &low).unwrap();
+            assert!((got - level).abs() < 1e-2, "{got} vs {level}");
+        }
     }
 
     #[test]

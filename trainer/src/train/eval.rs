@@ -47,7 +47,8 @@ pub struct MeanQuality {
     pub rmse_hu: f64,
 }
 
-/// Denoises one HU slice with a network (whole slice, any size).
+/// Denoises one HU slice with a network (whole slice, any size), composed with the input
+/// as the server does at full strength ([`ldct_proto::contract::compose`]).
 pub fn denoise_hu(
     net: &Network,
     norm: &Normaliser,
@@ -58,11 +59,27 @@ pub fn denoise_hu(
         x.as_slice_mut()
             .ok_or_else(|| ModelError::Unsupported("a slice that is not contiguous".into()))?,
     );
-    let mut y = net.denoise_normalised(&x)?;
+    // A noise-conditioned network gets the slice's own noise estimate (0 when the
+    // slice has too little flat tissue to estimate it), as the sampler gave it.
+    let map = (net.arch().input_channels == 2).then(|| {
+        ldct_proto::contract::noise_map_value(
+            ldct_imaging::noise::estimate_noise_hu(hu),
+            [norm.window.lo, norm.window.hi],
+            [norm.range_lo, norm.range_hi],
+        )
+    });
+    let mut y = net.denoise_normalised_with(&x, map)?;
     let v = y
         .as_slice_mut()
         .ok_or_else(|| ModelError::Unsupported("an output that is not contiguous".into()))?;
     norm.inverse_inplace(v);
+    // As the server composes its output: pixels outside the window pass unchanged.
+    let w = norm.window;
+    let outside = ldct_proto::contract::OutsideWindow::for_window(w.lo, w.hi);
+    let input = hu.as_standard_layout();
+    if let Some(src) = input.as_slice() {
+        ldct_proto::contract::compose(src, v, &outside, 1.0);
+    }
     Ok(y)
 }
 

@@ -29,6 +29,10 @@ use super::noise2score::{self, Noise2Score};
 use super::plot;
 use super::supervised::Supervised;
 use crate::model::{default_device, ModelError, Network};
+use crate::run_dir::{
+    run_dose, DataRecord, RunRecord, CHECKPOINT_DIR, CONFIG_FILE, LOG_FILE, LOSS_PNG, METRICS_FILE,
+    RUN_FILE, RUN_SCHEMA_VERSION, SAMPLES_DIR, STATE_FILE,
+};
 use crate::simulate::dose::derive_seed;
 
 /// Errors of a training run.
@@ -62,15 +66,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
         source,
     }
 }
-
-pub const CONFIG_FILE: &str = "train.toml";
-pub const RUN_FILE: &str = "run.json";
-pub const METRICS_FILE: &str = "metrics.csv";
-pub const LOSS_PNG: &str = "loss.png";
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-pub const STATE_FILE: &str = "state.json";
-pub const LOG_FILE: &str = "train.log";
-pub const SAMPLES_DIR: &str = "samples";
 
 /// How to run [`fit`].
 #[derive(Debug, Clone, Default)]
@@ -106,33 +101,6 @@ struct State {
     epoch_sums: Vec<f64>,
     epoch_count: u64,
     elapsed_s: f64,
-}
-
-/// `run.json`: what the run is, for people and for the exporter's manifest.
-#[derive(Debug, Clone, Serialize)]
-struct RunRecord {
-    tool: String,
-    method: MethodKind,
-    seed: u64,
-    data: DataRecord,
-    dose_fraction: Option<f64>,
-    i0: Option<f64>,
-    hu_window: [f32; 2],
-    range: [f32; 2],
-    device: String,
-    conv_backend: String,
-    total_steps: u64,
-    generator_parameters: usize,
-    /// What the method resolved before training (Noise2Score: the noise model,
-    /// its parameter and where it came from).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method_record: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct DataRecord {
-    description: String,
-    slices: usize,
 }
 
 /// Trains (or resumes) a run; see [`crate::train`] for what the folder holds.
@@ -183,8 +151,13 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         log.line(&format!("resumed at step {} of {total}", state.step))?;
     } else {
         std::fs::write(run.join(CONFIG_FILE), config.to_toml()).map_err(io(run))?;
-        let mut record = run_record(&config, &run_data, method.generator(), &device)?;
-        record.method_record = method.record();
+        let record = run_record(
+            &config,
+            &run_data,
+            method.generator(),
+            &device,
+            method.record(),
+        );
         let json = serde_json::to_string_pretty(&record).unwrap_or_default();
         std::fs::write(run.join(RUN_FILE), json + "\n").map_err(io(run))?;
         let mut header = String::from("epoch,step,lr");
@@ -219,12 +192,17 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         &norm,
         derive_seed(config.seed, 0xDA7A),
     );
+    let sampler = match d.noise_hu {
+        Some([lo, hi]) => sampler.with_noise_levels(lo, hi, d.noise_flip),
+        None => sampler,
+    };
     let train = Arc::new(run_data.train.clone());
     let prefetch = Prefetcher::start(train, sampler, state.step, end, d.prefetch);
     let bar = progress_bar(opts.progress, total, state.step);
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let shape = (d.batch, 1, d.patch, d.patch);
+    let conditioned = config.noise_conditioned();
     let mut last_val = None;
     let mut interrupted = false;
     let mut window_patches = (Instant::now(), 0usize);
@@ -234,6 +212,19 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
             .next_batch()
             .ok_or_else(|| TrainError::Run("the data thread stopped early".into()))??;
         let low = Tensor::from_vec(batch.low, shape, &device)?;
+        let low = if conditioned {
+            if batch.noise_map.len() != d.batch {
+                return Err(TrainError::Run(
+                    "a noise_map generator needs a noise map for every patch".into(),
+                ));
+            }
+            let map = Tensor::from_vec(batch.noise_map, (d.batch, 1, 1, 1), &device)?
+                .broadcast_as(shape)?
+                .contiguous()?;
+            Tensor::cat(&[&low, &map], 1)?
+        } else {
+            low
+        };
         let full = Tensor::from_vec(batch.full, shape, &device)?;
         let lr = config.schedule.lr_at(config.optim.lr, state.step);
         let mut rng =
@@ -479,41 +470,70 @@ fn zero_last_conv(net: &Network) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// `run.json`: the dose is the dataset's simulation, with Noise2Score's own noise model
+/// (what its Tweedie step assumes) when the method is Noise2Score.
 fn run_record(
     config: &TrainConfig,
     data: &data::RunData,
     g: &Network,
     device: &Device,
-) -> Result<RunRecord, TrainError> {
-    // The dataset's own description of its simulation, when there is one.
-    let mut dose_fraction = None;
-    let mut i0 = None;
-    if let Some(root) = &data.root {
-        if let Ok(text) = std::fs::read_to_string(root.join("dataset.json")) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                dose_fraction = v.pointer("/simulation/dose").and_then(|x| x.as_f64());
-                i0 = v.pointer("/simulation/i0").and_then(|x| x.as_f64());
-            }
-        }
-    }
-    Ok(RunRecord {
+    method_record: Option<serde_json::Value>,
+) -> RunRecord {
+    let noise_model =
+        match (config.method, &method_record) {
+            (MethodKind::Noise2score, Some(r)) => serde_json::from_value::<noise2score::Resolved>(
+                r.clone(),
+            )
+            .ok()
+            .map(|r| match r.tweedie {
+                noise2score::Tweedie::Gaussian { sigma } => {
+                    format!("gaussian (Noise2Score's Tweedie model): sigma {sigma:.5} normalised")
+                }
+                noise2score::Tweedie::Poisson { eta } => {
+                    format!("poisson (Noise2Score's Tweedie model): eta {eta:.5}")
+                }
+                noise2score::Tweedie::Gamma { k } => {
+                    format!("gamma (Noise2Score's Tweedie model): k {k:.3}")
+                }
+            }),
+            _ => None,
+        };
+    RunRecord {
+        schema_version: RUN_SCHEMA_VERSION,
         tool: format!("ldct-train {}", env!("CARGO_PKG_VERSION")),
         method: config.method,
         seed: config.seed,
         data: DataRecord {
             description: data.train.description.clone(),
             slices: data.train.len(),
+            sources: data
+                .root
+                .as_deref()
+                .map(crate::run_dir::dataset_sources)
+                .unwrap_or_default(),
         },
-        dose_fraction,
-        i0,
+        dose: {
+            let mut dose = run_dose(data.root.as_deref(), noise_model);
+            if let Some(range) = config.data.noise_hu {
+                dose.noise_hu = Some(range);
+                dose.noise = format!(
+                    "{}; trained at noise levels {}-{} HU (log-uniform, the pool's noise \
+                     realisations rescaled)",
+                    dose.noise, range[0], range[1]
+                );
+            }
+            dose
+        },
+        legacy_dose_fraction: None,
+        legacy_i0: None,
         hu_window: config.data.window,
         range: [-1.0, 1.0],
         device: format!("{device:?}"),
         conv_backend: config.model.conv_backend.to_string(),
         total_steps: config.schedule.total_steps(),
         generator_parameters: g.arch().parameter_count(),
-        method_record: None,
-    })
+        method_record,
+    }
 }
 
 /// Writes the checkpoint atomically (a temporary folder renamed into place), then

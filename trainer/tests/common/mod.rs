@@ -1,5 +1,4 @@
 //! Helpers shared by the training integration tests (train_loop, iscl, noise2score).
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::Path;
 

@@ -28,6 +28,10 @@
 //!
 //! [`ConvBackend`]: crate::nn::ConvBackend
 
+mod direct;
+mod gemm;
+mod geom;
+mod im2col;
 mod kernels;
 mod winograd;
 

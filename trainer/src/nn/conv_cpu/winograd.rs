@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{matmul, Float, Geom, Mat, SharedMut};
+use super::gemm::{matmul, Mat};
+use super::geom::{Float, Geom, SharedMut};
 
 /// Channels below which the transforms cost more than the products save.
 const MIN_CHANNELS: usize = 16;
