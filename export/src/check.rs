@@ -5,12 +5,13 @@
 
 use std::path::Path;
 
+use ldct_proto::contract::{self, ContractError, Padding, INPUT_NAME, OUTPUT_NAME};
 use ldct_proto::model_dir::{ModelDir, ModelDirError};
 use ldct_proto::runtime::{self, RuntimeError};
 use ndarray::Array4;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
+use ort::value::TensorRef;
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum CheckError {
     #[error("ONNX Runtime rejected {path}: {message}")]
     Session { path: String, message: String },
     #[error("model does not follow the pixel contract: {0}")]
-    Contract(String),
+    Contract(#[from] ContractError),
 }
 
 /// What a successful check found.
@@ -44,34 +45,6 @@ fn session_error(path: &Path, e: impl std::fmt::Display) -> CheckError {
     }
 }
 
-fn check_float4d(name: &str, ty: &ValueType) -> Result<(), CheckError> {
-    match ty {
-        ValueType::Tensor { ty, shape, .. } => {
-            if *ty != ort::value::TensorElementType::Float32 {
-                return Err(CheckError::Contract(format!(
-                    "{name} is {ty:?}, not float32"
-                )));
-            }
-            if shape.len() != 4 {
-                return Err(CheckError::Contract(format!(
-                    "{name} has rank {}, expected [N, 1, H, W]",
-                    shape.len()
-                )));
-            }
-            if shape[1] != 1 {
-                return Err(CheckError::Contract(format!(
-                    "{name} has {} channels, expected 1",
-                    shape[1]
-                )));
-            }
-            Ok(())
-        }
-        other => Err(CheckError::Contract(format!(
-            "{name} is not a tensor: {other:?}"
-        ))),
-    }
-}
-
 /// Checks a model folder end to end.
 pub fn check_model_dir(dir: &Path) -> Result<CheckReport, CheckError> {
     let model = ModelDir::open(dir)?;
@@ -83,46 +56,25 @@ pub fn check_model_dir(dir: &Path) -> Result<CheckReport, CheckError> {
         .map_err(|e| session_error(path, e))?
         .commit_from_file(path)
         .map_err(|e| session_error(path, e))?;
-    let input = session
-        .inputs()
-        .iter()
-        .find(|i| i.name() == "input")
-        .ok_or_else(|| CheckError::Contract("no graph input named \"input\"".into()))?;
-    check_float4d("input", input.dtype())?;
-    let output = session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == "output")
-        .ok_or_else(|| CheckError::Contract("no graph output named \"output\"".into()))?;
-    check_float4d("output", output.dtype())?;
+    let channels = model.manifest.input_channels();
+    contract::check_session(&session, channels)?;
 
-    // A smooth test image in the normalised range, padded to the spatial multiple.
-    let m = model.manifest.spatial_multiple as usize;
-    let side = m * (32 / m).max(1);
-    let [lo, hi] = model.manifest.normalisation.range;
-    let x = Array4::from_shape_fn((1, 1, side, side), |(_, _, y, x)| {
-        let t = ((y * 7 + x * 3) % side) as f32 / side as f32;
-        lo + (hi - lo) * (0.25 + 0.5 * t)
-    });
+    // The contract's smoke-test image, padded per the manifest.
+    let (side, data) = contract::smoke_input(
+        &Padding::of_manifest(&model.manifest),
+        model.manifest.normalisation.range,
+        channels,
+    );
+    let x = Array4::from_shape_vec((1, channels, side, side), data)
+        .map_err(|e| session_error(path, e))?;
     let tensor = TensorRef::from_array_view(&x).map_err(|e| session_error(path, e))?;
     let outputs = session
-        .run(ort::inputs!["input" => tensor])
+        .run(ort::inputs![INPUT_NAME => tensor])
         .map_err(|e| session_error(path, e))?;
-    let y = outputs["output"]
+    let y = outputs[OUTPUT_NAME]
         .try_extract_array::<f32>()
         .map_err(|e| session_error(path, e))?;
-    if y.shape() != x.shape() {
-        return Err(CheckError::Contract(format!(
-            "output shape {:?} differs from input shape {:?}",
-            y.shape(),
-            x.shape()
-        )));
-    }
-    if !y.iter().all(|v| v.is_finite()) {
-        return Err(CheckError::Contract(
-            "output has NaN or infinite values".into(),
-        ));
-    }
+    contract::check_output(x.shape(), y.shape(), y.iter().copied())?;
     let (mn, mx) = y
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
@@ -134,7 +86,7 @@ pub fn check_model_dir(dir: &Path) -> Result<CheckReport, CheckError> {
         onnx: path.display().to_string(),
         sha256: model.manifest.onnx.sha256.clone(),
         ort_library: rt.library.display().to_string(),
-        test_shape: [1, 1, side, side],
+        test_shape: [1, channels, side, side],
         output_range: [mn, mx],
     })
 }

@@ -142,7 +142,10 @@ pub fn export_network(net: &Network, opts: &ExportOptions) -> Result<ExportRepor
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let run_info = read_run_info(&opts.run);
+    let run_info = read_run_info(&opts.run).map_err(|e| ExportError::Run {
+        path: opts.run.display().to_string(),
+        message: e.to_string(),
+    })?;
     let card = CardInput {
         name: &name,
         version: &opts.version,
@@ -166,10 +169,12 @@ pub fn export_network(net: &Network, opts: &ExportOptions) -> Result<ExportRepor
         metadata: vec![(ONNX_METADATA_KEY.to_string(), embedded.to_json())],
         doc_string: format!(
             "{name} {}: {}. Input/output float32 [N,1,H,W] in the normalised range; pad H and W \
-             by reflection (bottom/right) to multiples of {} and crop the output back.",
+             by reflection (bottom/right) to multiples of {} and at least {} and crop the \
+             output back.",
             opts.version,
             arch.summary(),
-            arch.spatial_multiple()
+            arch.spatial_multiple(),
+            arch.min_size().unwrap_or(1)
         ),
         ..Default::default()
     };
@@ -189,7 +194,11 @@ pub fn export_network(net: &Network, opts: &ExportOptions) -> Result<ExportRepor
     // Parity: a real CT slice and random inputs of several sizes.
     let mut inputs: Vec<ParityInput> = Vec::new();
     match opts.parity_slice.clone().or_else(parity::default_ct_slice) {
-        Some(p) => inputs.push(parity::ct_slice_input(&p, &normaliser)?),
+        Some(p) => inputs.push(parity::ct_slice_input(
+            &p,
+            &normaliser,
+            net.arch().input_channels,
+        )?),
         None => tracing::warn!(
             "no CT slice for the parity check (pass --parity-slice): random inputs only"
         ),

@@ -2,14 +2,17 @@
 //! does not regress against the serving model's.
 //!
 //! Both model folders hold a `manifest.json` whose `metrics` map carries the
-//! evaluation results of the training run (e.g. `"psnr_-1000_1000": 38.2`). The
-//! candidate is accepted when `candidate >= serving + min_improvement` (higher is
-//! better: PSNR, SSIM). With no serving model (first deployment) the candidate is
-//! accepted with a note.
+//! evaluation results of the training run (e.g. `"psnr_-1000_1000": 38.2`). The metric
+//! must be an image-quality metric (`ldct_proto::manifest::QualityMetric`: PSNR, SSIM,
+//! RMSE in a window, or a validation figure), never a training loss or the learning
+//! rate. The candidate is accepted when it is at least `min_improvement` better than
+//! the serving model: `candidate >= serving + min_improvement` for PSNR and SSIM,
+//! `candidate <= serving - min_improvement` for RMSE. With no serving model (first
+//! deployment) the candidate is accepted with a note.
 
 use std::path::{Path, PathBuf};
 
-use ldct_proto::manifest::{Manifest, ManifestError, MANIFEST_FILE};
+use ldct_proto::manifest::{Manifest, ManifestError, QualityMetric, MANIFEST_FILE};
 use serde::Serialize;
 
 /// The metric the gate compares by default: PSNR in the [-1000, 1000] HU window.
@@ -87,6 +90,12 @@ pub enum GateError {
     },
     #[error("--min-improvement {0} must be finite")]
     BadThreshold(f64),
+    #[error(
+        "--metric {0:?} is not an image-quality metric: the gate compares psnr_LO_HI, \
+         ssim_LO_HI or rmse_hu_LO_HI (HU window, e.g. psnr_-1000_1000), their input./gain. \
+         forms, or val_psnr / val_ssim / val_rmse_hu; never a loss or the learning rate"
+    )]
+    NotAQualityMetric(String),
 }
 
 fn score(which: &'static str, dir: &Path, metric: &str) -> Result<ModelScore, GateError> {
@@ -138,6 +147,8 @@ pub fn gate(opts: &GateOptions) -> Result<Verdict, GateError> {
     if !opts.min_improvement.is_finite() {
         return Err(GateError::BadThreshold(opts.min_improvement));
     }
+    let quality = QualityMetric::parse(&opts.metric)
+        .ok_or_else(|| GateError::NotAQualityMetric(opts.metric.clone()))?;
     let candidate = score("candidate", &opts.candidate, &opts.metric)?;
     if !opts.serving.join(MANIFEST_FILE).exists() {
         return Ok(Verdict {
@@ -160,11 +171,17 @@ pub fn gate(opts: &GateOptions) -> Result<Verdict, GateError> {
     }
     let serving = score("serving", &opts.serving, &opts.metric)?;
     let delta = candidate.value - serving.value;
-    let required = serving.value + opts.min_improvement;
-    let accepted = candidate.value >= required;
+    let (accepted, required, relation) = if quality.higher_is_better() {
+        let required = serving.value + opts.min_improvement;
+        (candidate.value >= required, required, (">=", "below", "+"))
+    } else {
+        let required = serving.value - opts.min_improvement;
+        (candidate.value <= required, required, ("<=", "above", "-"))
+    };
+    let (cmp, worse, sign) = relation;
     let note = if accepted {
         format!(
-            "accepted: candidate {} {} {} = {} >= serving {} {} {} = {} + min improvement {}",
+            "accepted: candidate {} {} {} = {} {cmp} serving {} {} {} = {} {sign} min improvement {}",
             candidate.name,
             candidate.version,
             opts.metric,
@@ -177,8 +194,8 @@ pub fn gate(opts: &GateOptions) -> Result<Verdict, GateError> {
         )
     } else {
         format!(
-            "REFUSED: candidate {} {} {} = {} is below serving {} {} {} = {} + min improvement {} \
-             (needs >= {required})",
+            "REFUSED: candidate {} {} {} = {} is {worse} serving {} {} {} = {} {sign} min improvement {} \
+             (needs {cmp} {required})",
             candidate.name,
             candidate.version,
             opts.metric,
@@ -224,6 +241,9 @@ mod tests {
             normalisation: Normalisation::default(),
             dose: Dose::default(),
             spatial_multiple: 4,
+            min_size: None,
+            outside_window: None,
+            noise_map: None,
             metrics: metrics
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
@@ -285,5 +305,42 @@ mod tests {
         let mut o = GateOptions::new(&c, &s);
         o.min_improvement = f64::NAN;
         assert!(matches!(gate(&o), Err(GateError::BadThreshold(_))));
+    }
+
+    #[test]
+    fn a_training_figure_is_not_a_gate_metric() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, s) = (tmp.path().join("c"), tmp.path().join("s"));
+        // Old manifests carried the learning rate: the gate still refuses it.
+        write(&c, "cand", &[("lr", 0.001), (DEFAULT_METRIC, 30.0)]);
+        write(&s, "serving", &[("lr", 0.002), (DEFAULT_METRIC, 31.0)]);
+        for metric in ["lr", "loss", "eval_slices"] {
+            let o = GateOptions {
+                metric: metric.into(),
+                ..GateOptions::new(&c, &s)
+            };
+            let e = gate(&o).unwrap_err();
+            assert!(matches!(e, GateError::NotAQualityMetric(_)), "{e}");
+            assert!(e.to_string().contains("not an image-quality metric"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lower_rmse_is_better() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, s) = (tmp.path().join("c"), tmp.path().join("s"));
+        let metric = "rmse_hu_-1000_1000";
+        write(&s, "serving", &[(metric, 40.0)]);
+        write(&c, "cand", &[(metric, 35.0)]);
+        let o = GateOptions {
+            metric: metric.into(),
+            min_improvement: 2.0,
+            ..GateOptions::new(&c, &s)
+        };
+        let v = gate(&o).unwrap();
+        assert!(v.accepted, "{v:?}");
+        write(&c, "cand", &[(metric, 39.0)]);
+        let v = gate(&o).unwrap();
+        assert!(!v.accepted && v.note.contains("needs <= 38"), "{v:?}");
     }
 }

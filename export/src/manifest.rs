@@ -1,25 +1,26 @@
-//! The model card of an export, filled from the run folder.
+//! The model card of an export, filled from the run folder through its types
+//! (`ldct_train::run_dir::RunDir`):
 //!
-//! What a run folder may hold besides `arch.json` and `weights.safetensors`, all
-//! optional and read leniently:
-//!
-//! - `train.toml` or `run.json`: `method` (top level or in a `[train]` /
-//!   `[method]` table as `method` / `kind` / `name`), `data` / `training_data`
-//!   description, `slices`, `dose_fraction`, `i0`, `noise`, `hu_window`, `range`.
-//! - `metrics.csv`: the last row's numeric columns (apart from `epoch` / `step`)
-//!   become metrics, e.g. `val_psnr`.
-//! - `eval.json` / `metrics.json`: a flat object of numbers, merged into the metrics
-//!   (these win over `metrics.csv`).
+//! - method: `run.json`'s (the method that trained it), else `train.toml`'s, else
+//!   `--method`;
+//! - training data, dose: `run.json` (the dose of the dataset's simulation, and for
+//!   Noise2Score its own noise model);
+//! - normalisation: `run.json`'s window and range, else `train.toml`'s window;
+//! - metrics: quality metrics only (`ldct_proto::manifest::QualityMetric`): the last
+//!   validation of `metrics.csv` and `eval.json` (which wins); never the learning rate
+//!   or the losses;
+//! - spatial multiple and minimum size: the architecture's (the pixel contract).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use ldct_proto::arch::Arch;
+use ldct_proto::contract::{NoiseMap, OutsideWindow};
 use ldct_proto::manifest::{
     ArchSummary, Dose, Manifest, Method, Normalisation, OnnxInfo, Producer, TrainingData,
     MODEL_FILE, SCHEMA_VERSION,
 };
-use serde_json::Value;
+use ldct_train::run_dir::{RunDir, RunDirError};
 
 /// Placeholder for `onnx.sha256` in the copy of the manifest stored inside the
 /// ONNX file (a file cannot hold its own digest); `manifest.json` has the real one.
@@ -33,154 +34,31 @@ pub struct RunInfo {
     pub training_data: TrainingData,
     pub dose: Dose,
     pub normalisation: Option<Normalisation>,
+    /// Quality metrics only.
     pub metrics: BTreeMap<String, f64>,
 }
 
-fn parse_method(s: &str) -> Option<Method> {
-    serde_json::from_value(Value::String(s.to_ascii_lowercase())).ok()
-}
-
-/// Finds a key at the top level or one table down.
-fn lookup<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
-    let obj = v.as_object()?;
-    for k in keys {
-        if let Some(x) = obj.get(*k) {
-            return Some(x);
-        }
-    }
-    obj.values()
-        .filter(|x| x.is_object())
-        .find_map(|x| keys.iter().find_map(|k| x.as_object()?.get(*k)))
-}
-
-fn pair(v: Option<&Value>) -> Option<[f32; 2]> {
-    let a = v?.as_array()?;
-    match a.as_slice() {
-        [lo, hi] => Some([lo.as_f64()? as f32, hi.as_f64()? as f32]),
-        _ => None,
-    }
-}
-
-fn apply_config(info: &mut RunInfo, v: &Value) {
-    let method = lookup(v, &["method"]).and_then(|m| match m {
-        Value::String(s) => parse_method(s),
-        Value::Object(o) => ["kind", "name", "type"]
-            .iter()
-            .find_map(|k| o.get(*k)?.as_str().and_then(parse_method)),
-        _ => None,
-    });
-    if method.is_some() {
-        info.method = method;
-    }
-    if let Some(d) = lookup(v, &["training_data", "data"]) {
-        match d {
-            Value::String(s) => info.training_data.description = s.clone(),
-            Value::Object(o) => {
-                if let Some(s) = ["description", "path", "dir"]
-                    .iter()
-                    .find_map(|k| o.get(*k)?.as_str())
-                {
-                    info.training_data.description = s.to_string();
-                }
-                if let Some(n) = o.get("slices").and_then(Value::as_u64) {
-                    info.training_data.slices = n;
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(n) = lookup(v, &["slices"]).and_then(Value::as_u64) {
-        info.training_data.slices = n;
-    }
-    if let Some(f) = lookup(v, &["dose_fraction", "dose"]).and_then(Value::as_f64) {
-        info.dose.fraction = Some(f as f32);
-    }
-    if let Some(i0) = lookup(v, &["i0", "I0"]).and_then(Value::as_f64) {
-        info.dose.i0 = Some(i0);
-    }
-    if let Some(n) = lookup(v, &["noise"]).and_then(Value::as_str) {
-        info.dose.noise = n.to_string();
-    }
-    if let Some(w) = pair(lookup(v, &["hu_window", "window"])) {
-        let range = pair(lookup(v, &["range"])).unwrap_or([-1.0, 1.0]);
-        info.normalisation = Some(Normalisation {
-            hu_window: w,
-            range,
-        });
-    }
-}
-
-fn numbers(v: &Value, prefix: &str, out: &mut BTreeMap<String, f64>) {
-    if let Some(o) = v.as_object() {
-        for (k, x) in o {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            match x {
-                Value::Number(n) => {
-                    if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
-                        out.insert(key, f);
-                    }
-                }
-                Value::Object(_) => numbers(x, &key, out),
-                _ => {}
-            }
+impl RunInfo {
+    pub fn from_run_dir(run: &RunDir) -> Self {
+        Self {
+            method: run.method(),
+            training_data: run.training_data(),
+            dose: run.dose(),
+            normalisation: run.normalisation(),
+            metrics: run.metrics.clone(),
         }
     }
 }
 
-fn last_csv_row(text: &str) -> BTreeMap<String, f64> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else {
-        return BTreeMap::new();
-    };
-    let Some(last) = lines.next_back() else {
-        return BTreeMap::new();
-    };
-    header
-        .split(',')
-        .zip(last.split(','))
-        .filter(|(k, _)| !matches!(k.trim(), "epoch" | "step" | "iter" | "time" | "elapsed_s"))
-        .filter_map(|(k, v)| {
-            let f: f64 = v.trim().parse().ok()?;
-            f.is_finite().then(|| (k.trim().to_string(), f))
-        })
-        .collect()
-}
-
-/// Reads what the run folder says (missing files are fine; unreadable ones are
-/// skipped with a warning).
-pub fn read_run_info(run: &Path) -> RunInfo {
-    let mut info = RunInfo::default();
-    if let Ok(text) = std::fs::read_to_string(run.join("train.toml")) {
-        match toml::from_str::<toml::Value>(&text) {
-            Ok(t) => match serde_json::to_value(t) {
-                Ok(v) => apply_config(&mut info, &v),
-                Err(e) => tracing::warn!("train.toml: {e}"),
-            },
-            Err(e) => tracing::warn!("train.toml is not valid TOML: {e}"),
-        }
+/// Reads what the run folder says. A folder that is not a run (no `arch.json`: an
+/// in-memory network exported elsewhere) says nothing; a run whose records cannot be
+/// read is an error (a manifest must not guess).
+pub fn read_run_info(run: &Path) -> Result<RunInfo, RunDirError> {
+    match RunDir::open(run) {
+        Ok(r) => Ok(RunInfo::from_run_dir(&r)),
+        Err(RunDirError::NotARun(_)) => Ok(RunInfo::default()),
+        Err(e) => Err(e),
     }
-    if let Ok(text) = std::fs::read_to_string(run.join("run.json")) {
-        match serde_json::from_str::<Value>(&text) {
-            Ok(v) => apply_config(&mut info, &v),
-            Err(e) => tracing::warn!("run.json is not valid JSON: {e}"),
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string(run.join("metrics.csv")) {
-        info.metrics.extend(last_csv_row(&text));
-    }
-    for f in ["eval.json", "metrics.json"] {
-        if let Ok(text) = std::fs::read_to_string(run.join(f)) {
-            match serde_json::from_str::<Value>(&text) {
-                Ok(v) => numbers(&v, "", &mut info.metrics),
-                Err(e) => tracing::warn!("{f} is not valid JSON: {e}"),
-            }
-        }
-    }
-    info
 }
 
 /// Everything but the file digest.
@@ -214,6 +92,12 @@ pub fn build_manifest(input: &CardInput<'_>, sha256: &str) -> Manifest {
         normalisation: input.run.normalisation.unwrap_or_default(),
         dose: input.run.dose.clone(),
         spatial_multiple: arch.spatial_multiple() as u32,
+        min_size: arch.min_size().map(|m| m as u32),
+        outside_window: {
+            let [lo, hi] = input.run.normalisation.unwrap_or_default().hu_window;
+            Some(OutsideWindow::for_window(lo, hi))
+        },
+        noise_map: (arch.input_channels == 2).then(NoiseMap::default),
         metrics: input.run.metrics.clone(),
         onnx: OnnxInfo {
             file: MODEL_FILE.to_string(),
@@ -232,38 +116,93 @@ pub fn build_manifest(input: &CardInput<'_>, sha256: &str) -> Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ldct_proto::arch::{Preset, RedcnnConfig};
+    use ldct_train::run_dir::{DataRecord, RunRecord, RUN_SCHEMA_VERSION};
+
+    fn run_folder(dir: &Path) {
+        let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig::default())).unwrap();
+        std::fs::write(dir.join("arch.json"), arch.to_json()).unwrap();
+    }
 
     #[test]
-    fn run_folder_files_fill_method_data_dose_and_metrics() {
+    fn the_run_record_fills_method_data_dose_and_quality_metrics() {
         let dir = tempfile::tempdir().unwrap();
+        run_folder(dir.path());
+        let record = RunRecord {
+            schema_version: RUN_SCHEMA_VERSION,
+            tool: "ldct-train test".into(),
+            method: Method::Cyclegan,
+            seed: 1,
+            data: DataRecord {
+                description: "head CT".into(),
+                slices: 80,
+                sources: vec![],
+            },
+            dose: Dose {
+                fraction: Some(0.25),
+                i0: Some(1e5),
+                noise: "poisson, projection domain (simulated)".into(),
+                noise_hu: None,
+            },
+            legacy_dose_fraction: None,
+            legacy_i0: None,
+            hu_window: [-160.0, 240.0],
+            range: [-1.0, 1.0],
+            device: "Cpu".into(),
+            conv_backend: "candle".into(),
+            total_steps: 10,
+            generator_parameters: 1,
+            method_record: None,
+        };
+        std::fs::write(
+            dir.path().join("run.json"),
+            serde_json::to_string(&record).unwrap(),
+        )
+        .unwrap();
+        // A train.toml as fit writes it: every section, Noise2Score's included.
         std::fs::write(
             dir.path().join("train.toml"),
-            "method = \"cyclegan\"\n[data]\ndescription = \"head CT\"\nslices = 80\n\
-             [simulate]\ndose_fraction = 0.25\ni0 = 100000.0\n",
+            "method = \"cyclegan\"\n[noise2score]\nnoise = \"gaussian\"\n",
         )
         .unwrap();
         std::fs::write(
             dir.path().join("metrics.csv"),
-            "epoch,loss,val_psnr\n1,0.5,30.0\n2,0.4,31.5\n",
+            "epoch,step,lr,loss,val_psnr\n1,5,0.001,0.5,30.0\n2,10,0.0005,0.4,31.5\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("eval.json"), "{\"psnr_-1000_1000\": 38.2}").unwrap();
-        let info = read_run_info(dir.path());
+        std::fs::write(
+            dir.path().join("eval.json"),
+            "{\"psnr_-1000_1000\": 38.2, \"eval_slices\": 3}",
+        )
+        .unwrap();
+        let info = read_run_info(dir.path()).unwrap();
         assert_eq!(info.method, Some(Method::Cyclegan));
         assert_eq!(info.training_data.description, "head CT");
         assert_eq!(info.training_data.slices, 80);
-        assert_eq!(info.dose.fraction, Some(0.25));
-        assert_eq!(info.dose.i0, Some(1e5));
-        assert_eq!(info.metrics["val_psnr"], 31.5);
-        assert_eq!(info.metrics["loss"], 0.4);
-        assert_eq!(info.metrics["psnr_-1000_1000"], 38.2);
-        assert!(!info.metrics.contains_key("epoch"));
+        assert_eq!(info.dose, record.dose);
+        assert_eq!(info.normalisation.unwrap().hu_window, [-160.0, 240.0]);
+        assert_eq!(
+            info.metrics,
+            BTreeMap::from([
+                ("psnr_-1000_1000".to_owned(), 38.2),
+                ("val_psnr".to_owned(), 31.5)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_broken_run_record_is_an_error_not_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        run_folder(dir.path());
+        std::fs::write(dir.path().join("run.json"), "{ not json").unwrap();
+        let e = read_run_info(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("run.json"), "{e}");
     }
 
     #[test]
     fn an_empty_run_folder_gives_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let info = read_run_info(dir.path());
+        let info = read_run_info(dir.path()).unwrap();
         assert_eq!(info, RunInfo::default());
         let arch =
             Arch::from_preset(&ldct_proto::arch::Preset::Redcnn(Default::default())).unwrap();
@@ -282,6 +221,7 @@ mod tests {
         m.validate().unwrap();
         assert_eq!(m.method, Method::Supervised);
         assert_eq!(m.spatial_multiple, 1);
+        assert_eq!(m.min_size, Some(21));
         assert_eq!(m.normalisation, Normalisation::default());
     }
 }

@@ -30,7 +30,7 @@ use ldct_proto::arch::{Arch, Op, UpsampleMode, INPUT};
 use ldct_proto::onnx::{self, attr, tensor_proto::DataType};
 
 /// Name of the graph output.
-pub const OUTPUT: &str = "output";
+pub const OUTPUT: &str = ldct_proto::contract::OUTPUT_NAME;
 
 /// Numeric precision of the written weights and the graph's computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -577,6 +577,15 @@ pub fn build_model(
             Op::Concat => {
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
                 b.node("Concat", name, &refs, &out, vec![attr::int("axis", 1)]);
+            }
+            Op::SelectChannels { start, count } => {
+                let (st, en, ax) = (pname("starts"), pname("ends"), pname("axes"));
+                b.initializers
+                    .push(onnx::i64_tensor(&st, &[1], &[start as i64]));
+                b.initializers
+                    .push(onnx::i64_tensor(&en, &[1], &[(start + count) as i64]));
+                b.initializers.push(onnx::i64_tensor(&ax, &[1], &[1]));
+                b.node("Slice", name, &[x, &st, &en, &ax], &out, vec![]);
             }
             Op::Upsample { scale, mode } => {
                 let scales = pname("scales");

@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use ldct_imaging::pad::reflect_index;
 use ldct_imaging::window::Normaliser;
 use ldct_proto::arch::Arch;
+use ldct_proto::contract::{reflect_index, INPUT_NAME, OUTPUT_NAME};
 use ldct_proto::runtime;
 use ldct_train::model::Network;
-use ndarray::{Array2, Array4, Axis};
+use ndarray::{Array2, Array4};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -78,9 +78,9 @@ pub fn run_ort(session: &mut Session, x: &Array4<f32>) -> Result<Array4<f32>, Pa
     let x = x.as_standard_layout();
     let tensor = TensorRef::from_array_view(x.view()).map_err(ort_err)?;
     let outputs = session
-        .run(ort::inputs!["input" => tensor])
+        .run(ort::inputs![INPUT_NAME => tensor])
         .map_err(ort_err)?;
-    let y = outputs["output"]
+    let y = outputs[OUTPUT_NAME]
         .try_extract_array::<f32>()
         .map_err(ort_err)?;
     y.to_owned()
@@ -89,7 +89,7 @@ pub fn run_ort(session: &mut Session, x: &Array4<f32>) -> Result<Array4<f32>, Pa
 }
 
 /// Pads `[N, C, H, W]` by reflection at the bottom and the right to `ph x pw`
-/// (`ldct_imaging::pad`, as the server does).
+/// (the pixel contract's reflection, as the server does).
 pub fn pad_bottom_right(x: &Array4<f32>, ph: usize, pw: usize) -> Array4<f32> {
     let (n, c, h, w) = x.dim();
     Array4::from_shape_fn((n, c, ph.max(h), pw.max(w)), |(a, b, y, z)| {
@@ -199,8 +199,13 @@ pub fn default_ct_slice() -> Option<PathBuf> {
 }
 
 /// Reads one CT slice (any format `ldct_imaging::read` knows) and normalises its
-/// HU with `normaliser`, as `[1, 1, H, W]`.
-pub fn ct_slice_input(path: &Path, normaliser: &Normaliser) -> Result<ParityInput, ParityError> {
+/// HU with `normaliser`, as `[1, channels, H, W]`: the image, and for a
+/// noise-conditioned model (2 channels) its noise map as the server makes it.
+pub fn ct_slice_input(
+    path: &Path,
+    normaliser: &Normaliser,
+    channels: usize,
+) -> Result<ParityInput, ParityError> {
     let err = |message: String| ParityError::Slice {
         path: path.display().to_string(),
         message,
@@ -211,13 +216,18 @@ pub fn ct_slice_input(path: &Path, normaliser: &Normaliser) -> Result<ParityInpu
         .next()
         .ok_or_else(|| err("holds no slice".into()))?;
     let mut hu: Array2<f32> = first.hu;
+    let map = ldct_proto::contract::noise_map_value(
+        ldct_imaging::noise::estimate_noise_hu(&hu),
+        [normaliser.window.lo, normaliser.window.hi],
+        [normaliser.range_lo, normaliser.range_hi],
+    );
     hu.mapv_inplace(|v| normaliser.forward(v));
     let (h, w) = hu.dim();
-    let x = hu
-        .insert_axis(Axis(0))
-        .insert_axis(Axis(0))
-        .into_shape_with_order((1, 1, h, w))
-        .map_err(|e| err(e.to_string()))?;
+    let mut data: Vec<f32> = hu.iter().copied().collect();
+    for _ in 1..channels {
+        data.extend(std::iter::repeat_n(map, h * w));
+    }
+    let x = Array4::from_shape_vec((1, channels, h, w), data).map_err(|e| err(e.to_string()))?;
     Ok(ParityInput {
         label: format!(
             "CT slice {} ({h}x{w})",

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use ldct_export::check::{check_model_dir, CheckError};
 
-mod common;
-
+use crate::common;
 fn model(input: &str, output: &str, channels: i64) -> Vec<u8> {
     common::half_model(input, output, channels)
 }

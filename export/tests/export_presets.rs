@@ -117,6 +117,7 @@ fn composed() -> Arch {
         norm: Norm::Instance,
         tanh: false,
         global_residual: false,
+        noise_map: false,
     }))
     .unwrap();
     let mut nodes = net.prefixed_nodes("a");
@@ -272,6 +273,7 @@ fn export_case_with(
         parity::ct_slice_input(
             &parity::default_ct_slice().expect("pydicom CT_small.dcm in the venv"),
             &Default::default(),
+            1,
         )
         .unwrap()
         .x,

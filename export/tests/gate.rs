@@ -10,8 +10,7 @@ use ldct_proto::manifest::{Manifest, MANIFEST_FILE};
 
 const PSNR: &str = "psnr_-1000_1000";
 
-mod common;
-
+use crate::common;
 fn write_dir(dir: &Path, version: &str, metrics: &[(&str, f64)]) {
     common::write_model_dir(
         dir,

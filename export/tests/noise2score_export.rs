@@ -105,6 +105,7 @@ fn tweedie_graphs_export_with_parity() {
         norm: Norm::Instance,
         tanh: false,
         global_residual: false,
+        noise_map: false,
     }))
     .unwrap();
     let cases = [

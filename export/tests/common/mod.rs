@@ -66,6 +66,9 @@ pub fn write_model_dir(
         normalisation: Normalisation::default(),
         dose: Dose::default(),
         spatial_multiple: 4,
+        min_size: None,
+        outside_window: None,
+        noise_map: None,
         metrics: metrics
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
