@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::jobs::store::Keep;
+
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceChoice {
@@ -73,14 +75,28 @@ pub struct Config {
     /// Largest request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+    /// Default denoising strength, from 0 (the input's pixels as they are) to 1 (the
+    /// model's full output); requests override it (`?strength=`, the OIP parameter
+    /// `strength`, a pull job's `strength`).
+    #[arg(long, env = "LDCT_STRENGTH", default_value_t = 1.0, value_parser = parse_strength)]
+    pub strength: f32,
     /// Longest wait for an inference result, in seconds (504 beyond it).
     #[arg(long, env = "LDCT_REQUEST_TIMEOUT", default_value_t = 30.0,
           value_parser = parse_seconds)]
     pub request_timeout: f64,
     /// When set, every route but /v2/health/* and /metrics needs
-    /// `Authorization: Bearer <token>`.
-    #[arg(long, env = "LDCT_API_TOKEN", hide_env_values = true)]
+    /// `Authorization: Bearer <token>`. Empty is refused (leave it unset for no auth).
+    #[arg(
+        long,
+        env = "LDCT_API_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "api_token_file"
+    )]
     pub api_token: Option<String>,
+    /// A file holding the API token (read once at start, one trailing newline
+    /// trimmed): how a mounted Kubernetes secret reaches the server.
+    #[arg(long, env = "LDCT_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "LDCT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -109,9 +125,25 @@ pub struct Config {
         requires = "pacs_user"
     )]
     pub pacs_password: Option<String>,
+    /// A file holding the PACS password (as --api-token-file).
+    #[arg(
+        long,
+        env = "LDCT_PACS_PASSWORD_FILE",
+        conflicts_with = "pacs_password",
+        requires = "pacs_user"
+    )]
+    pub pacs_password_file: Option<PathBuf>,
     /// Bearer token for the PACS (`Authorization: Bearer ...`).
-    #[arg(long, env = "LDCT_PACS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LDCT_PACS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "pacs_token_file"
+    )]
     pub pacs_token: Option<String>,
+    /// A file holding the PACS bearer token (as --api-token-file).
+    #[arg(long, env = "LDCT_PACS_TOKEN_FILE", conflicts_with = "pacs_user")]
+    pub pacs_token_file: Option<PathBuf>,
     /// PEM certificates trusted for an https:// PACS, besides the Mozilla roots.
     #[arg(long, env = "LDCT_PACS_CA_CERT")]
     pub pacs_ca_cert: Option<PathBuf>,
@@ -140,13 +172,34 @@ pub struct Config {
     /// Folder of the pull jobs' state files (default: <spool-dir>/jobs).
     #[arg(long, env = "LDCT_JOBS_DIR")]
     pub jobs_dir: Option<PathBuf>,
+    /// How long finished pull jobs are kept: an age (`7d`, `12h`, `30m`, `90s`) or a
+    /// count of the most recently finished (`100`); older ones are deleted.
+    #[arg(long, env = "LDCT_JOBS_KEEP", default_value = "7d")]
+    pub jobs_keep: Keep,
     /// Largest STOW-RS request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_DICOMWEB_MAX_BODY_BYTES", default_value_t = 512 << 20)]
     pub dicomweb_max_body_bytes: usize,
+    /// Serve the DICOMweb routes (`--pacs-url`) on a non-loopback address without
+    /// `--api-token`: refused unless given, since anyone who reaches the port could
+    /// then push to and pull from the PACS through the server.
+    #[arg(long, env = "LDCT_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
     /// Load ONNX Runtime and the models, print what was loaded and exit without serving
     /// (exit status 1 when a model folder was rejected).
     #[arg(long)]
     pub check: bool,
+}
+
+fn parse_strength(s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside [0, 1]"))
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -162,7 +215,113 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A secret flag that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{flag} {path}: {source}")]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} is empty: give a value, or leave it unset{hint}")]
+    Empty {
+        flag: &'static str,
+        hint: &'static str,
+    },
+    #[error(
+        "--pacs-url with --bind {bind} (not a loopback address) and no --api-token: anyone \
+         who reaches the port could use the PACS through this server; set --api-token \
+         (or --api-token-file), bind to 127.0.0.1, or pass --allow-unauthenticated"
+    )]
+    Unauthenticated { bind: String },
+}
+
+/// Whether `--bind` listens on loopback only (an IP address, or `localhost`).
+fn bind_is_loopback(bind: &str) -> bool {
+    match bind.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => bind
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+    }
+}
+
+/// Largest secret file read (a token or password, not a document).
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// A secret file's value: at most [`MAX_SECRET_BYTES`], one trailing `\n` or `\r\n`
+/// trimmed (what `echo` and editors leave), nothing else changed.
+fn read_secret(flag: &'static str, path: &std::path::Path) -> Result<String, SecretError> {
+    use std::io::Read;
+    let err = |source| SecretError::Read {
+        flag,
+        path: path.to_owned(),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(MAX_SECRET_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {MAX_SECRET_BYTES} bytes: not a secret file"),
+        )));
+    }
+    let value = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    Ok(value.to_owned())
+}
+
 impl Config {
+    /// Reads the `*_file` secrets into their values (once, at start) and refuses empty
+    /// secrets: an empty `--api-token` would otherwise switch authentication off
+    /// without a word.
+    pub fn load_secrets(&mut self) -> Result<(), SecretError> {
+        if let Some(path) = self.api_token_file.take() {
+            self.api_token = Some(read_secret("--api-token-file", &path)?);
+        }
+        if let Some(path) = self.pacs_password_file.take() {
+            self.pacs_password = Some(read_secret("--pacs-password-file", &path)?);
+        }
+        if let Some(path) = self.pacs_token_file.take() {
+            self.pacs_token = Some(read_secret("--pacs-token-file", &path)?);
+        }
+        let checks: [(&'static str, &Option<String>, &'static str); 3] = [
+            (
+                "--api-token",
+                &self.api_token,
+                " to serve without authentication",
+            ),
+            ("--pacs-password", &self.pacs_password, ""),
+            ("--pacs-token", &self.pacs_token, ""),
+        ];
+        for (flag, value, hint) in checks {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(SecretError::Empty { flag, hint });
+            }
+        }
+        let pacs = self
+            .pacs_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty());
+        if pacs
+            && self.api_token.is_none()
+            && !self.allow_unauthenticated
+            && !bind_is_loopback(&self.bind)
+        {
+            return Err(SecretError::Unauthenticated {
+                bind: self.bind.clone(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
@@ -232,5 +391,119 @@ mod tests {
         assert_eq!(c.spool_max_bytes, 1000);
         assert_eq!(c.pacs_retry_max, 2.0);
         assert_eq!(c.jobs_dir, None);
+        assert_eq!(c.jobs_keep, Keep::Age(Duration::from_secs(7 * 86_400)));
+        let c = Config::try_parse_from(["ldct-serve", "--jobs-keep", "50"]).unwrap();
+        assert_eq!(c.jobs_keep, Keep::Count(50));
+        assert!(Config::try_parse_from(["ldct-serve", "--jobs-keep", "soon"]).is_err());
+    }
+
+    fn secret_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn secrets_come_from_files_with_one_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = secret_file(dir.path(), "token", "s3cret\n");
+        let password = secret_file(dir.path(), "password", "p a ss\r\n");
+        let mut c = Config::try_parse_from([
+            "ldct-serve",
+            "--api-token-file",
+            token.to_str().unwrap(),
+            "--pacs-user",
+            "u",
+            "--pacs-password-file",
+            password.to_str().unwrap(),
+        ])
+        .unwrap();
+        c.load_secrets().unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.pacs_password.as_deref(), Some("p a ss"));
+        assert!(c.api_token_file.is_none() && c.pacs_password_file.is_none());
+        // Only one trailing newline goes; inner and leading text stays.
+        let two = secret_file(dir.path(), "two", " x\n\n");
+        let mut c =
+            Config::try_parse_from(["ldct-serve", "--pacs-token-file", two.to_str().unwrap()])
+                .unwrap();
+        c.load_secrets().unwrap();
+        assert_eq!(c.pacs_token.as_deref(), Some(" x\n"));
+    }
+
+    #[test]
+    fn empty_missing_or_huge_secrets_are_refused_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::try_parse_from(["ldct-serve", "--api-token", ""]).unwrap();
+        let e = c.load_secrets().unwrap_err().to_string();
+        assert!(
+            e.contains("--api-token is empty") && e.contains("without authentication"),
+            "{e}"
+        );
+        let blank = secret_file(dir.path(), "blank", "\n");
+        let mut c =
+            Config::try_parse_from(["ldct-serve", "--api-token-file", blank.to_str().unwrap()])
+                .unwrap();
+        assert!(c
+            .load_secrets()
+            .unwrap_err()
+            .to_string()
+            .contains("--api-token is empty"));
+        let missing = dir.path().join("nope");
+        let mut c =
+            Config::try_parse_from(["ldct-serve", "--api-token-file", missing.to_str().unwrap()])
+                .unwrap();
+        let e = c.load_secrets().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--api-token-file ") && e.contains("nope"),
+            "{e}"
+        );
+        let huge = secret_file(dir.path(), "huge", &"x".repeat(70_000));
+        let mut c =
+            Config::try_parse_from(["ldct-serve", "--api-token-file", huge.to_str().unwrap()])
+                .unwrap();
+        assert!(c
+            .load_secrets()
+            .unwrap_err()
+            .to_string()
+            .contains("not a secret file"));
+        // A value and a file for the same secret is a usage error.
+        assert!(Config::try_parse_from([
+            "ldct-serve",
+            "--api-token",
+            "a",
+            "--api-token-file",
+            blank.to_str().unwrap()
+        ])
+        .is_err());
+        // No secrets at all is fine.
+        Config::try_parse_from(["ldct-serve"])
+            .unwrap()
+            .load_secrets()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_pacs_on_an_open_port_needs_a_token_or_an_explicit_opt_out() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ldct-serve", "--pacs-url", "http://pacs:8042/dicom-web"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap().load_secrets()
+        };
+        let e = parse(&["--bind", "0.0.0.0:8080"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--bind 0.0.0.0:8080") && e.contains("--allow-unauthenticated"),
+            "{e}"
+        );
+        assert!(parse(&["--bind", "[::]:8080"]).is_err());
+        assert!(parse(&["--bind", "ldct.example:8080"]).is_err());
+        parse(&["--bind", "0.0.0.0:8080", "--api-token", "t"]).unwrap();
+        parse(&["--bind", "0.0.0.0:8080", "--allow-unauthenticated"]).unwrap();
+        for loopback in ["127.0.0.1:8080", "[::1]:8080", "localhost:8080"] {
+            parse(&["--bind", loopback]).unwrap();
+        }
+        // Without a PACS nothing changes.
+        let mut c = Config::try_parse_from(["ldct-serve", "--bind", "0.0.0.0:8080"]).unwrap();
+        c.load_secrets().unwrap();
     }
 }

@@ -1,37 +1,37 @@
 //! ldct-serve: the inference server (actix-web + ONNX Runtime).
 //!
-//! - [`config`]: command-line flags (every flag also an `LDCT_*` environment variable).
-//! - [`device`]: `--device auto|cuda|cpu`, ONNX Runtime sessions (CUDA EP with
-//!   `error_on_failure`).
-//! - [`model`]: a loaded model folder with its sessions and pixel contract checks.
-//! - [`registry`]: the loaded models, reloaded and swapped atomically.
-//! - [`batcher`]: the bounded queue and dynamic batching on inference threads.
-//! - [`pixels`]: HU <-> normalised, reflection padding, crop.
-//! - [`pipeline`]: submit slices and wait for results (request timeout).
-//! - [`oip`]: Open Inference Protocol v2 bodies and the binary tensor extension.
-//! - [`app`], [`v1`], [`v2`]: the HTTP application, middleware and routes.
-//! - [`error`]: the one error enum -> status code + JSON body.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`instance`]: an uploaded DICOM instance as a single-frame CT slice.
-//! - [`dicomweb`]: STOW-RS receiver, the spool and push worker to the PACS, the DICOMweb
-//!   client, `multipart/related`; [`jobs`]: pull jobs (QIDO-RS + WADO-RS from the PACS).
-//! - [`tls`], [`server`]: HTTPS and the server's start / graceful stop.
+//! Layers, each using only the ones below it (no module cycles: `tests/python/
+//! test_module_graph.py` derives the `use crate::...` graph of this folder and fails
+//! on a cycle):
+//!
+//! - [`http`]: the HTTP layer. [`http::app`] composes the application: the
+//!   middleware ([`http::middleware`]: bearer token, request metrics), the extractor
+//!   settings and body helpers ([`http::extract`]) and one module per protocol, each
+//!   `configure`-ing its own scope: [`http::v1`] (denoise, evaluate, models),
+//!   [`http::oip`] (the Open Inference Protocol REST API, with its tensor codec
+//!   [`http::tensor`]), [`http::dicomweb`] (STOW-RS), [`http::jobs`] (pull jobs),
+//!   [`http::ops`] (`/metrics`).
+//! - [`state`]: what a handler gets (registry, batcher, limits, DICOMweb).
+//! - [`jobs`]: pull jobs ([`jobs::store`]: the job files, retention; [`jobs::runner`]:
+//!   QIDO-RS + WADO-RS from the PACS, denoise, spool).
+//! - [`dicomweb`]: the PACS side: the DICOMweb client, `multipart/related`, the spool
+//!   and its push worker, the shared denoise-and-spool steps, the STOW-RS response.
+//! - [`inference`]: device and ONNX Runtime sessions, loaded models, the registry, the
+//!   batching queue, the pipeline (submit and wait) and the pixel steps of the
+//!   pixel contract.
+//! - [`durable`]: written, fsynced, renamed, folder fsynced (the spool and the jobs).
+//! - [`error`] (the one error enum: status, stable code, type and link, both body
+//!   forms), [`metrics`] (Prometheus), [`config`] (flags).
+//! - [`server`], [`tls`]: start and graceful stop.
 
-pub mod app;
-pub mod batcher;
 pub mod config;
-pub mod device;
 pub mod dicomweb;
+pub mod durable;
 pub mod error;
-pub mod instance;
+pub mod http;
+pub mod inference;
 pub mod jobs;
 pub mod metrics;
-pub mod model;
-pub mod oip;
-pub mod pipeline;
-pub mod pixels;
-pub mod registry;
 pub mod server;
+pub mod state;
 pub mod tls;
-pub mod v1;
-pub mod v2;

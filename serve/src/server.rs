@@ -5,11 +5,15 @@ use std::sync::Arc;
 use actix_web::HttpServer;
 use anyhow::Context;
 
-use crate::app::{app, AppState, Limits};
-use crate::batcher::{BatchConfig, Batcher};
 use crate::config::Config;
-use crate::device::SessionFactory;
-use crate::registry::{Registry, ReloadReport};
+use crate::dicomweb::push;
+use crate::dicomweb::service::DicomWeb;
+use crate::http::app;
+use crate::inference::batcher::{BatchConfig, Batcher};
+use crate::inference::device::SessionFactory;
+use crate::inference::registry::{Registry, ReloadReport};
+use crate::jobs::runner;
+use crate::state::{AppState, Limits};
 
 /// The state of a configured server before it listens: ONNX Runtime loaded, device
 /// chosen, models loaded (possibly none), inference threads started.
@@ -44,7 +48,7 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
     let dicomweb = if config.check {
         None
     } else {
-        crate::dicomweb::DicomWeb::from_config(config)
+        DicomWeb::from_config(config)
             .context("setting up DICOMweb (--pacs-url)")?
             .map(Arc::new)
     };
@@ -52,6 +56,7 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
         dicomweb,
         registry,
         batcher,
+        strength: config.strength,
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout(),
@@ -81,9 +86,29 @@ fn check(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Starts the push worker and the pull job runner on the current actix runtime (a no-op
+/// without a PACS).
+fn start_dicomweb(state: &AppState) {
+    let Some(dw) = state.dicomweb.clone() else {
+        return;
+    };
+    tracing::info!(
+        pacs = %dw.pacs.root,
+        auth = ?dw.pacs.auth,
+        queued = dw.spool.depth(),
+        spool_bytes = dw.spool.bytes(),
+        spool_max_bytes = dw.spool.max_bytes(),
+        jobs_keep = %dw.jobs.keep(),
+        "DICOMweb enabled"
+    );
+    actix_web::rt::spawn(push::run(dw.spool.clone(), dw.pacs.clone(), dw.push));
+    actix_web::rt::spawn(runner::run(state.clone()));
+}
+
 /// Runs until SIGINT / SIGTERM: then stops accepting connections, lets in-flight
 /// requests finish (up to `--shutdown-timeout`), drains the inference queue and returns.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
+    config.load_secrets()?;
     if config.check {
         return check(&config);
     }
@@ -95,7 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let batcher = state.batcher.clone();
     let system = actix_web::rt::System::new();
     let result: anyhow::Result<()> = system.block_on(async move {
-        crate::dicomweb::start(&state);
+        start_dicomweb(&state);
         let s = state.clone();
         let mut server =
             HttpServer::new(move || app(s.clone())).shutdown_timeout(config.shutdown_timeout);

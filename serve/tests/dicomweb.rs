@@ -14,16 +14,18 @@ use actix_web::web::Bytes;
 use clap::Parser;
 use common::*;
 use ldct_imaging::derived::{derived_series_instance_uid, derived_sop_instance_uid, DerivedModel};
-use ldct_serve::app::{app, AppState};
 use ldct_serve::config::Config;
 use ldct_serve::dicomweb::multipart::{self, MultipartError};
-use ldct_serve::dicomweb::DicomWeb;
+use ldct_serve::dicomweb::service::DicomWeb;
+use ldct_serve::http::app;
+use ldct_serve::state::AppState;
 use serde_json::Value;
 
 const PACS: &str = "http://127.0.0.1:9/dicom-web";
 const MODEL: DerivedModel<'static> = DerivedModel {
     name: "tiny",
     version: "0.1.0",
+    strength: 1.0,
 };
 
 fn tiny_models() -> tempfile::TempDir {

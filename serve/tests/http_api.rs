@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
 use common::*;
 use ldct_imaging::window::Normaliser;
-use ldct_serve::app::app;
+use ldct_serve::http::app;
 use ndarray::Array2;
 use serde_json::{json, Value};
 
@@ -42,7 +42,31 @@ fn expected_hu(hu: &Array2<f32>) -> Array2<f32> {
         norm.forward(hu[[refl(y, h), refl(x, w)]])
     });
     let out = smoothing_reference(&padded);
-    Array2::from_shape_fn((h, w), |(y, x)| norm.inverse(out[[y, x]]))
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let v = hu[[y, x]];
+        let t = outside_window_weight(v);
+        t * norm.inverse(out[[y, x]]) + (1.0 - t) * v
+    })
+}
+
+/// The documented pass-through for a [-1000, 1000] HU window without an explicit
+/// `outside_window` (serve/README.md): weight 0 at or below -1500 HU, smoothstep to 1 at
+/// -1300 HU, 1 up to 800 HU, smoothstep to 0 at 1000 HU, 0 above. Written out here,
+/// not taken from the contract.
+fn outside_window_weight(v: f32) -> f32 {
+    let s = |t: f32| {
+        let t = t.clamp(0.0, 1.0);
+        t * t * (3.0 - 2.0 * t)
+    };
+    if v <= -1500.0 || v >= 1000.0 {
+        0.0
+    } else if v < -1300.0 {
+        s((v + 1500.0) / 200.0)
+    } else if v <= 800.0 {
+        1.0
+    } else {
+        1.0 - s((v - 800.0) / 200.0)
+    }
 }
 
 async fn json_body(res: actix_web::dev::ServiceResponse) -> Value {
@@ -379,7 +403,163 @@ async fn open_inference_protocol_json_and_binary() {
         .to_request();
     let res = test::call_service(&svc, req).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(json_body(res).await["error"]["code"], "invalid_tensor");
+    assert_eq!(
+        res.headers().get("x-ldct-error-code").unwrap(),
+        "invalid_tensor"
+    );
+    assert!(json_body(res).await["error"].is_string());
+}
+
+/// The Open Inference Protocol's error body is `{"error": "<message>"}` on every
+/// route of its scope (the code in `x-ldct-error-code`); ldct's own routes keep
+/// `{"error": {"code", "message", "type", "link"}}`.
+#[actix_web::test]
+async fn oip_errors_are_protocol_strings() {
+    let models = tiny_models();
+    let svc = test::init_service(app(state(
+        models.path(),
+        Options {
+            token: Some("s3cret"),
+            ..Options::default()
+        },
+    )))
+    .await;
+    let auth = ("authorization", "Bearer s3cret");
+    let zeros = vec![0.0f32; 16];
+    let infer = json!({"inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": zeros}]});
+    let cases = [
+        (
+            TestRequest::post()
+                .uri("/v2/models/nope/infer")
+                .insert_header(auth)
+                .set_json(&infer),
+            404,
+            "unknown_model",
+        ),
+        (
+            TestRequest::get()
+                .uri("/v2/models/tiny/versions/9/ready")
+                .insert_header(auth),
+            404,
+            "unknown_model",
+        ),
+        (
+            TestRequest::get()
+                .uri("/v2/models/tiny/infer")
+                .insert_header(auth),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            TestRequest::post()
+                .uri("/v2/models/tiny/infer")
+                .insert_header(auth)
+                .set_payload("{"),
+            400,
+            "bad_request",
+        ),
+        (
+            TestRequest::post()
+                .uri("/v2/models/tiny/infer")
+                .set_json(&infer),
+            401,
+            "unauthorized",
+        ),
+        (
+            TestRequest::get()
+                .uri("/v2/nothing/here")
+                .insert_header(auth),
+            404,
+            "not_found",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let res = test::call_service(&svc, req.to_request()).await;
+        assert_eq!(res.status().as_u16(), status, "{code}");
+        assert_eq!(res.headers().get("x-ldct-error-code").unwrap(), code);
+        let v = json_body(res).await;
+        let message = v["error"].as_str().unwrap_or_else(|| panic!("{code}: {v}"));
+        assert!(
+            !message.is_empty() && v.as_object().unwrap().len() == 1,
+            "{v}"
+        );
+    }
+    let req = TestRequest::post()
+        .uri("/v1/denoise?model=nope")
+        .insert_header(auth)
+        .insert_header(("content-type", "application/x-npy"))
+        .set_payload(npy(&phantom(8, 8)));
+    let v = json_body(test::call_service(&svc, req.to_request()).await).await;
+    assert_eq!(v["error"]["code"], "unknown_model");
+    assert_eq!(v["error"]["type"], "not_found");
+    assert!(v["error"]["link"]
+        .as_str()
+        .unwrap()
+        .ends_with("#unknown_model"));
+}
+
+/// A model that takes 5x5 and more (`min_size` 5, spatial multiple 1: RED-CNN's
+/// shape) serves a 3x3 slice: padded by reflection to 5x5, run, cropped back. The
+/// reference is the OIP route on the 5x5 reflect-padded input, cropped.
+#[actix_web::test]
+async fn a_model_with_a_minimum_size_serves_slices_smaller_than_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_model_dir_sized(
+        &tmp.path().join("sg"),
+        "sg",
+        "1",
+        &shrink_grow_model(),
+        1,
+        Some(5),
+    );
+    let svc = test::init_service(app(state(tmp.path(), Options::default()))).await;
+    let hu = Array2::from_shape_fn((3, 3), |(y, x)| -200.0 + 90.0 * (3 * y + x) as f32);
+    let req = TestRequest::post()
+        .uri("/v1/denoise?model=sg")
+        .insert_header(("content-type", "application/x-npy"))
+        .set_payload(npy(&hu))
+        .to_request();
+    let res = test::call_service(&svc, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let out = ldct_imaging::npy::parse(&test::read_body(res).await)
+        .unwrap()
+        .into_image()
+        .unwrap();
+    assert_eq!(out.dim(), (3, 3));
+
+    // np.pad(x, ((0, 2), (0, 2)), mode="reflect") of the normalised slice.
+    let norm = Normaliser::default();
+    let src = [0usize, 1, 2, 1, 0];
+    let padded: Vec<f32> = (0..25)
+        .map(|i| norm.forward(hu[[src[i / 5], src[i % 5]]]))
+        .collect();
+    let req = TestRequest::post()
+        .uri("/v2/models/sg/infer")
+        .set_json(json!({"inputs": [{"name": "input", "shape": [1, 1, 5, 5], "datatype": "FP32", "data": padded}]}))
+        .to_request();
+    let v = json_body(test::call_service(&svc, req).await).await;
+    let y: Vec<f32> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    for r in 0..3 {
+        for c in 0..3 {
+            let want = norm.inverse(y[r * 5 + c]);
+            assert!(
+                (out[[r, c]] - want).abs() < 1e-3,
+                "{} vs {want}",
+                out[[r, c]]
+            );
+        }
+    }
+    // The model's own sizes are reported.
+    let v = json_body(
+        test::call_service(&svc, TestRequest::get().uri("/v1/models").to_request()).await,
+    )
+    .await;
+    assert_eq!(v["models"][0]["min_size"], 5);
 }
 
 #[actix_web::test]
@@ -598,4 +778,90 @@ async fn metrics_count_requests_and_errors() {
     assert!(text.contains("# TYPE ldct_model_info gauge"));
     assert!(text.contains("ldct_batch_size_bucket"));
     assert!(text.contains("ldct_noise_in_hu_bucket"));
+}
+
+/// A response header as text ("" when absent).
+fn header(h: &actix_web::http::header::HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[actix_web::test]
+async fn the_web_page_is_served_open_with_a_strict_policy_while_the_api_keeps_its_token() {
+    let models = tiny_models();
+    let svc = test::init_service(app(state(
+        models.path(),
+        Options {
+            token: Some("s3cret"),
+            ..Options::default()
+        },
+    )))
+    .await;
+    // / and /ui redirect (relatively, so a proxy's path prefix is kept) to the page.
+    for uri in ["/", "/ui"] {
+        let res = test::call_service(&svc, TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{uri}");
+        assert_eq!(header(res.headers(), "location"), "ui/", "{uri}");
+    }
+    let files = [
+        ("/ui/", "text/html; charset=utf-8"),
+        ("/ui/index.html", "text/html; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/viewer.js", "text/javascript; charset=utf-8"),
+        ("/ui/api.js", "text/javascript; charset=utf-8"),
+        ("/ui/dicom.js", "text/javascript; charset=utf-8"),
+        ("/ui/npy.js", "text/javascript; charset=utf-8"),
+        ("/ui/zip.js", "text/javascript; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ];
+    for (uri, ctype) in files {
+        let res = test::call_service(&svc, TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK, "{uri}");
+        let h = res.headers().clone();
+        assert_eq!(header(&h, "content-type"), ctype, "{uri}");
+        let csp = header(&h, "content-security-policy");
+        assert!(csp.starts_with("default-src 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(csp.contains("connect-src 'self';"), "{csp}");
+        assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
+        assert_eq!(header(&h, "x-content-type-options"), "nosniff");
+        assert_eq!(header(&h, "x-frame-options"), "DENY");
+        assert_eq!(header(&h, "referrer-policy"), "no-referrer");
+        assert_eq!(header(&h, "cache-control"), "no-cache");
+        let etag = header(&h, "etag");
+        assert!(etag.starts_with('"') && etag.len() > 2, "{etag}");
+        assert!(!test::read_body(res).await.is_empty(), "{uri}");
+        // Revalidation: 304 without a body.
+        let req = TestRequest::get()
+            .uri(uri)
+            .insert_header(("if-none-match", etag.as_str()))
+            .to_request();
+        let res = test::call_service(&svc, req).await;
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED, "{uri}");
+        assert!(test::read_body(res).await.is_empty());
+    }
+    let page = test::call_service(&svc, TestRequest::get().uri("/ui/").to_request()).await;
+    let html = String::from_utf8(test::read_body(page).await.to_vec()).unwrap();
+    assert!(html.contains("<script type=\"module\" src=\"app.js\"></script>"));
+    // The API behind the page still needs the token.
+    let res = test::call_service(&svc, TestRequest::get().uri("/v1/models").to_request()).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let req = TestRequest::get()
+        .uri("/v1/models")
+        .insert_header(("authorization", "Bearer s3cret"))
+        .to_request();
+    let v = json_body(test::call_service(&svc, req).await).await;
+    assert_eq!(v["strength"], 1.0);
+    // Unknown files and other methods: the API's JSON errors.
+    let res = test::call_service(&svc, TestRequest::get().uri("/ui/secret.js").to_request()).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json_body(res).await["error"]["code"], "not_found");
+    let res = test::call_service(&svc, TestRequest::get().uri("/ui/a/b.js").to_request()).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = test::call_service(&svc, TestRequest::post().uri("/ui/").to_request()).await;
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(json_body(res).await["error"]["code"], "method_not_allowed");
 }

@@ -1,8 +1,10 @@
-//! DICOMweb: ldct between a PACS and its users over HTTP.
+//! DICOMweb: ldct between a PACS and its users, the PACS side (the routes are
+//! [`crate::http::dicomweb`] and [`crate::http::jobs`]).
 //!
-//! - [`stow`]: the STOW-RS receiver, `POST /dicomweb/studies[/{study}]`.
+//! - [`service`]: the DICOMweb side of the server from the flags (PACS, spool, jobs).
 //! - [`process`]: decode a part, denoise a chunk of slices, write the derived instances
 //!   to the spool (shared by STOW-RS and the pull jobs of [`crate::jobs`]).
+//! - [`report`]: the STOW-RS Store Instances Response.
 //! - [`spool`]: the bounded on-disk queue of derived instances for the PACS.
 //! - [`push`]: the worker that drains the spool to the PACS by STOW-RS, with retries.
 //! - [`client`]: the DICOMweb client (STOW-RS, QIDO-RS, WADO-RS) with basic or bearer
@@ -16,135 +18,6 @@ pub mod client;
 pub mod multipart;
 pub mod process;
 pub mod push;
+pub mod report;
+pub mod service;
 pub mod spool;
-pub mod stow;
-
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::app::AppState;
-use crate::config::Config;
-use crate::jobs::{Jobs, JobsError};
-use client::{PacsAuth, PacsConfig, PacsConfigError};
-use push::PushPolicy;
-use spool::{Spool, SpoolError};
-
-/// The DICOMweb side of the server (present with `--pacs-url`).
-pub struct DicomWeb {
-    pub pacs: PacsConfig,
-    pub spool: Arc<Spool>,
-    pub jobs: Arc<Jobs>,
-    pub push: PushPolicy,
-    /// Largest STOW-RS request body.
-    pub max_body_bytes: usize,
-}
-
-impl std::fmt::Debug for DicomWeb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DicomWeb")
-            .field("pacs", &self.pacs)
-            .field("spool", &self.spool)
-            .field("push", &self.push)
-            .finish()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DicomWebError {
-    #[error(transparent)]
-    Pacs(#[from] PacsConfigError),
-    #[error("spool {dir}: {source}")]
-    Spool {
-        dir: PathBuf,
-        #[source]
-        source: SpoolError,
-    },
-    #[error(transparent)]
-    Jobs(#[from] JobsError),
-    #[error("{0}")]
-    Config(String),
-}
-
-fn non_empty(s: &Option<String>) -> Option<String> {
-    s.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-impl DicomWeb {
-    /// From the flags: `None` without `--pacs-url`. Opens the spool and the jobs folder
-    /// (resuming what a previous run left).
-    pub fn from_config(config: &Config) -> Result<Option<DicomWeb>, DicomWebError> {
-        let Some(url) = non_empty(&config.pacs_url) else {
-            return Ok(None);
-        };
-        let auth = match (
-            non_empty(&config.pacs_user),
-            config.pacs_password.clone(),
-            non_empty(&config.pacs_token),
-        ) {
-            (Some(_), _, Some(_)) => {
-                return Err(DicomWebError::Config(
-                    "give --pacs-user/--pacs-password or --pacs-token, not both".into(),
-                ))
-            }
-            (Some(user), password, None) => PacsAuth::Basic {
-                user,
-                password: password.unwrap_or_default(),
-            },
-            (None, _, Some(token)) => PacsAuth::Bearer(token),
-            (None, _, None) => PacsAuth::None,
-        };
-        let pacs = PacsConfig::new(
-            &url,
-            auth,
-            Duration::from_secs_f64(config.pacs_timeout),
-            config.pacs_max_fetch_bytes,
-            config.pacs_ca_cert.as_deref(),
-        )?;
-        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(|source| {
-            DicomWebError::Spool {
-                dir: config.spool_dir.clone(),
-                source,
-            }
-        })?;
-        let jobs_dir = config
-            .jobs_dir
-            .clone()
-            .unwrap_or_else(|| config.spool_dir.join("jobs"));
-        let jobs = Jobs::open(&jobs_dir)?;
-        let retry_min = Duration::from_secs_f64(config.pacs_retry_min);
-        Ok(Some(DicomWeb {
-            pacs,
-            spool: Arc::new(spool),
-            jobs: Arc::new(jobs),
-            push: PushPolicy {
-                batch: config.pacs_batch as usize,
-                batch_bytes: 64 << 20,
-                retry_min,
-                retry_max: Duration::from_secs_f64(config.pacs_retry_max).max(retry_min),
-            },
-            max_body_bytes: config.dicomweb_max_body_bytes,
-        }))
-    }
-}
-
-/// Starts the push worker and the pull job runner on the current actix runtime (a no-op
-/// without a PACS).
-pub fn start(state: &AppState) {
-    let Some(dw) = state.dicomweb.clone() else {
-        return;
-    };
-    tracing::info!(
-        pacs = %dw.pacs.root,
-        auth = ?dw.pacs.auth,
-        queued = dw.spool.depth(),
-        spool_bytes = dw.spool.bytes(),
-        spool_max_bytes = dw.spool.max_bytes(),
-        "DICOMweb enabled"
-    );
-    actix_web::rt::spawn(push::run(dw.spool.clone(), dw.pacs.clone(), dw.push));
-    actix_web::rt::spawn(crate::jobs::run(state.clone()));
-}

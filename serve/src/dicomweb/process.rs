@@ -11,17 +11,17 @@ use actix_web::web;
 use dicom_dictionary_std::tags;
 use ldct_imaging::derived::{self, DerivedModel};
 use ldct_imaging::dicom::parse_dicom_bytes;
+use ldct_imaging::instance::{self, CtInstance, InstanceError};
 use ldct_imaging::ImagingError;
 use ndarray::Array2;
 
 use super::multipart::MediaType;
 use super::spool::{Spool, SpoolError};
-use crate::batcher::Batcher;
 use crate::error::ServeError;
-use crate::instance::{self, CtInstance, InstanceError};
-use crate::model::LoadedModel;
-use crate::pipeline;
-use crate::pixels::{self, Prepared};
+use crate::inference::batcher::Batcher;
+use crate::inference::model::LoadedModel;
+use crate::inference::pipeline;
+use crate::inference::pixels::{self, Prepared};
 
 /// Failure Reason (0008,1197) values of a STOW-RS response (PS3.18 / PS3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +195,7 @@ pub async fn denoise_and_spool(
     spool: &Arc<Spool>,
     model: &Arc<LoadedModel>,
     sources: Vec<CtInstance>,
+    strength: f32,
 ) -> Vec<Result<Accepted, Rejected>> {
     let n = sources.len();
     let ids: Vec<(Option<String>, Option<String>)> = sources
@@ -217,7 +218,10 @@ pub async fn denoise_and_spool(
     let prepared = web::block(move || {
         let p: Vec<Result<Prepared, ServeError>> = sources
             .iter()
-            .map(|s| pixels::prepare_hu(&s.hu, &m.normaliser, m.spatial_multiple()))
+            .map(|s| {
+                pixels::prepare_hu(&s.hu, &m.normaliser, &m.padding())
+                    .map(|p| p.with_noise_map(m.noise_map_value(&s.hu)))
+            })
             .collect();
         (sources, p)
     })
@@ -240,6 +244,10 @@ pub async fn denoise_and_spool(
         .collect();
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
+        if strength == 0.0 {
+            // The input's pixels as they are: nothing to run.
+            break Ok(Vec::new());
+        }
         let mut attempt = batch.clone();
         match pipeline::run_prepared(batcher, timeout, model, &mut attempt).await {
             Err(ServeError::QueueFull { .. }) if tokio::time::Instant::now() < deadline => {
@@ -256,10 +264,15 @@ pub async fn denoise_and_spool(
         })
         .collect();
     match outcome {
+        Ok(_) if strength == 0.0 => {
+            for &i in &ok {
+                hu[i] = Ok(sources[i].hu.clone());
+            }
+        }
         Ok(outs) => {
             for (k, &i) in ok.iter().enumerate() {
                 if let (Some(out), Ok(p)) = (outs.get(k), &prepared[i]) {
-                    hu[i] = pixels::finish_hu(out, p, &model.normaliser);
+                    hu[i] = pixels::finish_hu(out, p, &sources[i].hu, model.compose(strength));
                 }
             }
         }
@@ -276,6 +289,7 @@ pub async fn denoise_and_spool(
         let dm = DerivedModel {
             name: m.name(),
             version: m.version(),
+            strength,
         };
         sources
             .into_iter()

@@ -17,14 +17,15 @@
 //! with Failure Reason A700 (out of resources) and the sender retries later.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::instance::is_uid;
+use ldct_imaging::instance::is_uid;
+
+use crate::durable;
 use crate::metrics::metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,9 +102,7 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> SpoolError {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync", dir, e))
+    durable::sync_dir(dir).map_err(|e| io_err("fsync", dir, e))
 }
 
 /// `<seq>-<uid>.dcm` -> (seq, uid).
@@ -234,19 +233,13 @@ impl Spool {
         let name = format!("{seq:016}-{sop_instance_uid}.dcm");
         let tmp = self.tmp_dir.join(&name);
         let path = self.queue_dir.join(&name);
-        let written = (|| {
-            let mut f = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-            f.write_all(bytes).map_err(|e| io_err("write", &tmp, e))?;
-            f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| io_err("rename", &tmp, e))?;
-            sync_dir(&self.queue_dir)
-        })();
+        let written =
+            durable::write_atomic(&tmp, &path, bytes).map_err(|e| io_err("write", &path, e));
         let mut inner = self.lock();
         inner.writing.remove(sop_instance_uid);
         if let Err(e) = written {
             inner.bytes -= len;
             drop(inner);
-            let _ = fs::remove_file(&tmp);
             return Err(e);
         }
         inner.by_sop.insert(sop_instance_uid.to_owned(), seq);

@@ -10,10 +10,10 @@ use std::time::Duration;
 use ldct_proto::manifest::*;
 use ldct_proto::model_dir::sha256_hex;
 use ldct_proto::onnx::{self, attr, tensor_proto::DataType};
-use ldct_serve::app::{AppState, Limits};
-use ldct_serve::batcher::{BatchConfig, Batcher};
-use ldct_serve::device::SessionFactory;
-use ldct_serve::registry::Registry;
+use ldct_serve::inference::batcher::{BatchConfig, Batcher};
+use ldct_serve::inference::device::SessionFactory;
+use ldct_serve::inference::registry::Registry;
+use ldct_serve::state::{AppState, Limits};
 use ndarray::Array2;
 use prost::Message;
 
@@ -55,6 +55,56 @@ pub fn smoothing_model() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// RED-CNN's shape in miniature: a 5x5 convolution without padding (the image shrinks
+/// by 4), ReLU, a 5x5 transposed convolution (it grows back) and a global residual,
+/// float32 [N, 1, H, W]. It takes images of 5x5 and more only.
+pub fn shrink_grow_model() -> Vec<u8> {
+    let ty = || onnx::tensor_type(DataType::Float, &[Err("N"), Ok(1), Err("H"), Err("W")]);
+    let w1: Vec<f32> = (0..50)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 40.0)
+        .collect();
+    let w2: Vec<f32> = (0..50)
+        .map(|i| ((i * 5 % 13) as f32 - 6.0) / 60.0)
+        .collect();
+    onnx::ModelProto {
+        ir_version: onnx::IR_VERSION,
+        opset_import: vec![onnx::default_opset(17)],
+        producer_name: "ldct-serve-test".into(),
+        graph: Some(onnx::GraphProto {
+            name: "shrink_grow".into(),
+            node: vec![
+                onnx::node(
+                    "Conv",
+                    "enc",
+                    &["input", "w1", "b1"],
+                    &["e"],
+                    vec![attr::ints("kernel_shape", &[5, 5])],
+                ),
+                onnx::node("Relu", "relu", &["e"], &["r"], vec![]),
+                onnx::node(
+                    "ConvTranspose",
+                    "dec",
+                    &["r", "w2", "b2"],
+                    &["d"],
+                    vec![attr::ints("kernel_shape", &[5, 5])],
+                ),
+                onnx::node("Add", "add", &["input", "d"], &["output"], vec![]),
+            ],
+            initializer: vec![
+                onnx::f32_tensor("w1", &[2, 1, 5, 5], &w1),
+                onnx::f32_tensor("b1", &[2], &[0.05, -0.02]),
+                onnx::f32_tensor("w2", &[2, 1, 5, 5], &w2),
+                onnx::f32_tensor("b2", &[1], &[0.01]),
+            ],
+            input: vec![onnx::value_info("input", ty())],
+            output: vec![onnx::value_info("output", ty())],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// The same network computed directly (reference for the tests).
 pub fn smoothing_reference(x: &Array2<f32>) -> Array2<f32> {
     let (h, w) = x.dim();
@@ -74,6 +124,18 @@ pub fn smoothing_reference(x: &Array2<f32>) -> Array2<f32> {
 }
 
 pub fn write_model_dir(dir: &Path, name: &str, version: &str, onnx_bytes: &[u8], multiple: u32) {
+    write_model_dir_sized(dir, name, version, onnx_bytes, multiple, None)
+}
+
+/// [`write_model_dir`] with the manifest's `min_size`.
+pub fn write_model_dir_sized(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    onnx_bytes: &[u8],
+    multiple: u32,
+    min_size: Option<u32>,
+) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(MODEL_FILE), onnx_bytes).unwrap();
     let manifest = Manifest {
@@ -91,6 +153,9 @@ pub fn write_model_dir(dir: &Path, name: &str, version: &str, onnx_bytes: &[u8],
         normalisation: Normalisation::default(),
         dose: Dose::default(),
         spatial_multiple: multiple,
+        min_size,
+        outside_window: None,
+        noise_map: None,
         metrics: BTreeMap::new(),
         onnx: OnnxInfo {
             file: MODEL_FILE.into(),
@@ -144,6 +209,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
         dicomweb: None,
         registry,
         batcher,
+        strength: 1.0,
         limits: Limits {
             max_body_bytes: o.max_body_bytes,
             request_timeout: o.timeout,

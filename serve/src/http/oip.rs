@@ -1,18 +1,56 @@
-//! `/v2`: the Open Inference Protocol (KServe v2 / Triton) endpoints.
+//! `/v2`: the Open Inference Protocol (KServe v2 / Triton) REST endpoints. Errors are
+//! in the protocol's form, `{"error": "<message>"}` ([`OipError`]).
 
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use ldct_proto::contract::{INPUT_NAME, OUTPUT_NAME};
 use serde_json::{json, Map, Value};
 
-use crate::app::{read_body, AppState};
-use crate::error::ServeError;
-use crate::model::{LoadedModel, INPUT_NAME, OUTPUT_NAME};
-use crate::oip::{self, InferResponse, OutputTensor, Units, HEADER_LENGTH};
-use crate::pipeline;
-use crate::pixels::{self, Prepared};
+use super::extract::read_body;
+use super::middleware::only;
+use super::tensor::{self, InferResponse, OutputTensor, Units, HEADER_LENGTH};
+use crate::error::{OipError, ServeError};
+use crate::inference::model::LoadedModel;
+use crate::inference::pipeline;
+use crate::inference::pixels::{self, Prepared};
+use crate::state::AppState;
+
+/// The scope of the Open Inference Protocol routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(only(
+        web::resource("/v2").route(web::get().to(server_metadata)),
+    ))
+    .service(only(
+        web::resource("/v2/health/live").route(web::get().to(live)),
+    ))
+    .service(only(
+        web::resource("/v2/health/ready").route(web::get().to(ready)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}").route(web::get().to(model_metadata)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}/versions/{version}")
+            .route(web::get().to(model_metadata_version)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}/ready").route(web::get().to(model_ready)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}/versions/{version}/ready")
+            .route(web::get().to(model_ready_version)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}/infer").route(web::post().to(infer)),
+    ))
+    .service(only(
+        web::resource("/v2/models/{model}/versions/{version}/infer")
+            .route(web::post().to(infer_version)),
+    ));
+}
 
 /// `GET /v2`: server metadata.
 pub async fn server_metadata() -> HttpResponse {
@@ -33,7 +71,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if state.registry.is_empty() {
         HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(json!({
             "ready": false,
-            "error": {"code": "not_ready", "message": "no model is loaded"},
+            "error": "no model is loaded",
         }))
     } else {
         HttpResponse::Ok().json(json!({ "ready": true }))
@@ -71,6 +109,7 @@ fn metadata(m: &LoadedModel) -> Value {
             "hu_window": man.normalisation.hu_window,
             "range": man.normalisation.range,
             "spatial_multiple": man.spatial_multiple,
+            "min_size": man.min_size,
             "method": man.method.to_string(),
             "arch": man.arch.preset,
             "sha256": man.onnx.sha256,
@@ -82,7 +121,7 @@ fn metadata(m: &LoadedModel) -> Value {
 pub async fn model_metadata(
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let m = find(&state, &path, None)?;
     Ok(HttpResponse::Ok().json(metadata(&m)))
 }
@@ -91,7 +130,7 @@ pub async fn model_metadata(
 pub async fn model_metadata_version(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let (name, version) = path.into_inner();
     let m = find(&state, &name, Some(&version))?;
     Ok(HttpResponse::Ok().json(metadata(&m)))
@@ -105,7 +144,7 @@ fn ready_body(m: &LoadedModel) -> HttpResponse {
 pub async fn model_ready(
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let m = find(&state, &path, None)?;
     Ok(ready_body(&m))
 }
@@ -114,7 +153,7 @@ pub async fn model_ready(
 pub async fn model_ready_version(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let (name, version) = path.into_inner();
     let m = find(&state, &name, Some(&version))?;
     Ok(ready_body(&m))
@@ -126,7 +165,7 @@ pub async fn infer(
     state: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     run_infer(req, state, path.into_inner(), None, payload).await
 }
 
@@ -136,7 +175,7 @@ pub async fn infer_version(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     payload: web::Payload,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let (name, version) = path.into_inner();
     run_infer(req, state, name, Some(version), payload).await
 }
@@ -147,7 +186,7 @@ async fn run_infer(
     name: String,
     version: Option<String>,
     payload: web::Payload,
-) -> Result<HttpResponse, ServeError> {
+) -> Result<HttpResponse, OipError> {
     let json_len = match req.headers().get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -163,9 +202,9 @@ async fn run_infer(
     let model = find(&state, &name, version.as_deref())?;
     let m = model.clone();
     let (input, mut prepared) = web::block(move || -> Result<_, ServeError> {
-        let input = oip::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME)?;
+        let input = tensor::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME)?;
         let (h, w) = (input.h, input.w);
-        let multiple = m.spatial_multiple();
+        let padding = m.padding();
         let prepared: Vec<Prepared> = input
             .data
             .chunks_exact(h * w)
@@ -174,7 +213,17 @@ async fn run_infer(
                     Units::Normalised => s.to_vec(),
                     Units::Hu => s.iter().map(|&v| m.normaliser.forward(v)).collect(),
                 };
-                pixels::prepare_normalised(normalised, h, w, multiple)
+                // A noise-conditioned model's map comes from the slice's HU.
+                let map = m.manifest.noise_map.as_ref().and_then(|_| {
+                    let hu: Vec<f32> = match input.units {
+                        Units::Hu => s.to_vec(),
+                        Units::Normalised => s.iter().map(|&v| m.normaliser.inverse(v)).collect(),
+                    };
+                    ndarray::Array2::from_shape_vec((h, w), hu)
+                        .ok()
+                        .and_then(|a| m.noise_map_value(&a))
+                });
+                pixels::prepare_normalised(normalised, h, w, &padding).with_noise_map(map)
             })
             .collect();
         Ok((input, prepared))
@@ -189,16 +238,28 @@ async fn run_infer(
     )
     .await?;
 
+    let strength = input.strength.unwrap_or(state.strength);
+    let compose = model.compose(strength);
     let mut data = Vec::with_capacity(input.n * input.h * input.w);
-    for (out, p) in outs.iter().zip(&prepared) {
+    let plane = input.h * input.w;
+    for ((out, p), src) in outs
+        .iter()
+        .zip(&prepared)
+        .zip(input.data.chunks_exact(plane))
+    {
         let mut v = pixels::finish_normalised(out, p);
-        if input.units == Units::Hu {
-            model.normaliser.inverse_inplace(&mut v);
+        match input.units {
+            Units::Hu => {
+                model.normaliser.inverse_inplace(&mut v);
+                ldct_proto::contract::compose(src, &mut v, compose.outside, strength);
+            }
+            Units::Normalised => pixels::compose_normalised(src, &mut v, compose),
         }
         data.extend_from_slice(&v);
     }
     let mut parameters = Map::new();
     parameters.insert("device".into(), Value::from(model.device.to_string()));
+    parameters.insert("strength".into(), Value::from(f64::from(strength)));
     let response = InferResponse {
         model_name: model.name().to_owned(),
         model_version: model.version().to_owned(),
@@ -212,7 +273,7 @@ async fn run_infer(
             data: Some(data),
         }],
     };
-    let (body, header_len) = oip::encode_response(response, input.binary_output)?;
+    let (body, header_len) = tensor::encode_response(response, input.binary_output)?;
     let mut res = HttpResponse::Ok();
     match header_len {
         Some(n) => {

@@ -27,7 +27,11 @@ pub trait Infer: Send + Sync {
     fn id(&self) -> u64;
     /// Name used in metrics labels.
     fn label(&self) -> &str;
-    /// Runs `[N, 1, H, W]`, returns the same shape.
+    /// Channels of the model's input (1, or 2 for a noise-conditioned model).
+    fn input_channels(&self) -> usize {
+        1
+    }
+    /// Runs `[N, C, H, W]` (`C` = [`Infer::input_channels`]), returns `[N, 1, H, W]`.
     fn infer(&self, worker: usize, batch: Array4<f32>) -> Result<Array4<f32>, ServeError>;
 }
 
@@ -116,7 +120,8 @@ impl Batcher {
         self.shared.cfg
     }
 
-    /// Queues one `h x w` slice for `model`; the receiver gets its output.
+    /// Queues one `h x w` slice (`model.input_channels()` planes of it) for `model`;
+    /// the receiver gets its `h x w` output.
     pub fn submit(
         &self,
         model: Arc<dyn Infer>,
@@ -124,9 +129,10 @@ impl Batcher {
         w: usize,
         data: Vec<f32>,
     ) -> Result<oneshot::Receiver<Reply>, ServeError> {
-        if data.len() != h * w {
+        let c = model.input_channels();
+        if data.len() != c * h * w {
             return Err(ServeError::Internal(format!(
-                "slice of {} values submitted as {h} x {w}",
+                "slice of {} values submitted as {c} x {h} x {w}",
                 data.len()
             )));
         }
@@ -245,7 +251,8 @@ fn run_batch(worker: usize, batch: Vec<Job>) {
     let model = first.model.clone();
     let Key { h, w, .. } = first.key;
     let n = batch.len();
-    let mut input = Vec::with_capacity(n * h * w);
+    let c = model.input_channels();
+    let mut input = Vec::with_capacity(n * c * h * w);
     let mut replies = Vec::with_capacity(n);
     for job in batch {
         input.extend_from_slice(&job.data);
@@ -253,7 +260,7 @@ fn run_batch(worker: usize, batch: Vec<Job>) {
     }
     let label = model.label().to_owned();
     let started = Instant::now();
-    let result = Array4::from_shape_vec((n, 1, h, w), input)
+    let result = Array4::from_shape_vec((n, c, h, w), input)
         .map_err(|e| ServeError::Internal(e.to_string()))
         .and_then(|x| {
             catch_unwind(AssertUnwindSafe(|| model.infer(worker, x))).unwrap_or_else(|p| {

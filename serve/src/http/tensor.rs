@@ -10,7 +10,8 @@
 //! ldct models take one input `input` and give one output `output`, both `FP32`
 //! `[N, 1, H, W]` in the manifest's normalised range. With the request parameter
 //! `"ldct_units": "hu"` both are in HU instead (clipped to the model's window on the way
-//! in, like `/v1/denoise`).
+//! in, like `/v1/denoise`). The request parameter `"strength"` (a number in [0, 1])
+//! sets the denoising strength, as `?strength=` does for `/v1/denoise`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -87,6 +88,8 @@ pub struct DecodedInput {
     pub data: Vec<f32>,
     pub units: Units,
     pub binary_output: bool,
+    /// The request's `strength` parameter, when given.
+    pub strength: Option<f32>,
 }
 
 fn bad(msg: impl Into<String>) -> ServeError {
@@ -276,6 +279,14 @@ pub fn decode_request(
             )))
         }
     };
+    let strength = match params.and_then(|p| p.get("strength")) {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| bad(format!("parameter strength must be a number, not {v}")))
+                .and_then(crate::inference::pixels::check_strength)?,
+        ),
+    };
     Ok(DecodedInput {
         id: req.id.clone(),
         n,
@@ -284,6 +295,7 @@ pub fn decode_request(
         data,
         units,
         binary_output,
+        strength,
     })
 }
 

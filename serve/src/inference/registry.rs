@@ -15,10 +15,10 @@ use arc_swap::ArcSwap;
 use ldct_proto::model_dir::ModelDir;
 use serde::Serialize;
 
-use crate::device::SessionFactory;
+use super::device::SessionFactory;
+use super::model::LoadedModel;
 use crate::error::ServeError;
 use crate::metrics::metrics;
-use crate::model::LoadedModel;
 
 /// Model name -> model.
 pub type ModelSet = BTreeMap<String, Arc<LoadedModel>>;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use ndarray::Array2;
 
-use crate::batcher::Batcher;
+use super::batcher::Batcher;
+use super::model::LoadedModel;
+use super::pixels::{self, Prepared};
 use crate::error::ServeError;
-use crate::model::LoadedModel;
-use crate::pixels::{self, Prepared};
 
 /// Runs prepared slices of one model through the batcher; outputs are padded and
 /// normalised like the inputs, in the same order. All slices are queued before any
@@ -52,22 +52,24 @@ pub async fn run_prepared(
     }
 }
 
-/// HU in, HU out for one slice (preparation is cheap enough to run inline).
+/// HU in, HU out for one slice at `strength` (preparation is cheap enough to run
+/// inline). Strength 0 returns the input without running the model.
 pub async fn denoise_hu(
     batcher: &Batcher,
     timeout: Duration,
     model: &Arc<LoadedModel>,
     hu: &Array2<f32>,
+    strength: f32,
 ) -> Result<Array2<f32>, ServeError> {
-    let mut p = [pixels::prepare_hu(
-        hu,
-        &model.normaliser,
-        model.spatial_multiple(),
-    )?];
+    if strength == 0.0 {
+        return Ok(hu.clone());
+    }
+    let mut p = [pixels::prepare_hu(hu, &model.normaliser, &model.padding())?
+        .with_noise_map(model.noise_map_value(hu))];
     let out = run_prepared(batcher, timeout, model, &mut p).await?;
     let [p] = p;
     let first = out
         .first()
         .ok_or_else(|| ServeError::Internal("no output".into()))?;
-    pixels::finish_hu(first, &p, &model.normaliser)
+    pixels::finish_hu(first, &p, hu, model.compose(strength))
 }

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use ldct_imaging::derived::{self, DerivedModel};
 use ldct_imaging::dicom::{DefaultDicomObject, DicomMeta};
+use ldct_imaging::instance::{self, CtInstance};
 use ldct_imaging::metrics::{quality, Quality};
 use ldct_imaging::noise::estimate_noise_hu;
 use ldct_imaging::npy::{self, NpyDtype};
@@ -15,12 +16,13 @@ use ldct_imaging::Window;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{media_type, read_body, AppState};
+use super::extract::{media_type, read_body};
+use super::middleware::only;
 use crate::error::ServeError;
-use crate::instance::{self, CtInstance};
+use crate::inference::model::LoadedModel;
+use crate::inference::{pipeline, pixels};
 use crate::metrics::metrics;
-use crate::model::LoadedModel;
-use crate::pipeline;
+use crate::state::AppState;
 
 pub const DICOM: &str = "application/dicom";
 pub const NPY: &str = "application/x-npy";
@@ -33,10 +35,39 @@ pub const H_NOISE_IN: &str = "x-ldct-noise-in-hu";
 pub const H_NOISE_OUT: &str = "x-ldct-noise-out-hu";
 pub const H_SOP: &str = "x-ldct-sop-instance-uid";
 pub const H_SERIES: &str = "x-ldct-series-instance-uid";
+pub const H_STRENGTH: &str = "x-ldct-strength";
+
+/// The scope of the `/v1` routes (pull jobs: [`super::jobs`]).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(only(
+        web::resource("/v1/denoise").route(web::post().to(denoise)),
+    ))
+    .service(only(
+        web::resource("/v1/evaluate").route(web::post().to(evaluate)),
+    ))
+    .service(only(
+        web::resource("/v1/models").route(web::get().to(models)),
+    ))
+    .service(only(
+        web::resource("/v1/models/reload").route(web::post().to(reload)),
+    ));
+}
 
 #[derive(Debug, Deserialize)]
 pub struct ModelQuery {
     pub model: Option<String>,
+    /// Denoising strength in [0, 1] (default: the server's `--strength`).
+    pub strength: Option<f64>,
+}
+
+impl ModelQuery {
+    /// The request's strength, or the server's default.
+    fn strength(&self, state: &AppState) -> Result<f32, ServeError> {
+        match self.strength {
+            Some(v) => pixels::check_strength(v),
+            None => Ok(state.strength),
+        }
+    }
 }
 
 /// A decoded CT slice from an upload.
@@ -127,6 +158,7 @@ pub async fn denoise(
         return Err(ServeError::EmptyBody);
     }
     let model = state.registry.get(query.model.as_deref())?;
+    let strength = query.strength(&state)?;
 
     let slice = web::block(move || -> Result<_, ServeError> {
         if is_dicom {
@@ -147,7 +179,13 @@ pub async fn denoise(
     let for_noise = hu.clone();
     let (noise_in, out) = futures_util::future::join(
         web::block(move || estimate_noise_hu(&for_noise)),
-        pipeline::denoise_hu(&state.batcher, state.limits.request_timeout, &model, &hu),
+        pipeline::denoise_hu(
+            &state.batcher,
+            state.limits.request_timeout,
+            &model,
+            &hu,
+            strength,
+        ),
     )
     .await;
     let (noise_in, out) = (noise_in?, out?);
@@ -164,6 +202,7 @@ pub async fn denoise(
                     DerivedModel {
                         name: m.name(),
                         version: m.version(),
+                        strength,
                     },
                 )?;
                 Ok((
@@ -202,6 +241,10 @@ pub async fn denoise(
     res.insert_header((
         HeaderName::from_static(H_DEVICE),
         text_header(&model.device.to_string()),
+    ));
+    res.insert_header((
+        HeaderName::from_static(H_STRENGTH),
+        text_header(&format!("{strength:.2}")),
     ));
     res.insert_header((HeaderName::from_static(H_NOISE_IN), noise_header(noise_in)));
     res.insert_header((
@@ -294,6 +337,7 @@ pub async fn evaluate(
         ));
     };
     let model = state.registry.get(query.model.as_deref())?;
+    let strength = query.strength(&state)?;
     let (low, full) = web::block(move || -> Result<_, ServeError> {
         let low = decode_any(&input)?.hu;
         let full = decode_any(&reference)?.hu;
@@ -307,8 +351,14 @@ pub async fn evaluate(
         Ok((low, full))
     })
     .await??;
-    let out =
-        pipeline::denoise_hu(&state.batcher, state.limits.request_timeout, &model, &low).await?;
+    let out = pipeline::denoise_hu(
+        &state.batcher,
+        state.limits.request_timeout,
+        &model,
+        &low,
+        strength,
+    )
+    .await?;
     let report = web::block(move || evaluate_report(&model, &low, &out, &full)).await??;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -353,6 +403,8 @@ pub struct ModelInfo {
     pub hu_window: [f32; 2],
     pub range: [f32; 2],
     pub spatial_multiple: u32,
+    /// The smallest H and W the model takes (smaller images are padded up to it).
+    pub min_size: Option<u32>,
     pub sha256: String,
     pub created: String,
     pub dir: String,
@@ -370,19 +422,21 @@ pub fn model_info(m: &LoadedModel) -> ModelInfo {
         hu_window: man.normalisation.hu_window,
         range: man.normalisation.range,
         spatial_multiple: man.spatial_multiple,
+        min_size: man.min_size,
         sha256: man.onnx.sha256.clone(),
         created: man.created.to_rfc3339(),
         dir: m.dir.display().to_string(),
     }
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: the loaded models, the device and the default strength.
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     let set = state.registry.snapshot();
     let list: Vec<ModelInfo> = set.values().map(|m| model_info(m)).collect();
     HttpResponse::Ok().json(serde_json::json!({
         "models": list,
         "device": state.registry.factory().device.to_string(),
+        "strength": state.strength,
     }))
 }
 

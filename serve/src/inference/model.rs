@@ -6,19 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ldct_imaging::window::Normaliser;
+use ldct_proto::contract::{self, Padding, INPUT_NAME, OUTPUT_NAME};
 use ldct_proto::manifest::Manifest;
 use ldct_proto::model_dir::ModelDir;
 use ndarray::{Array4, ArrayD, Ix4};
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::TensorRef;
 
-use crate::batcher::Infer;
-use crate::device::{Device, SessionFactory};
+use super::batcher::Infer;
+use super::device::{Device, SessionFactory};
 use crate::error::ServeError;
-
-/// Graph input and output names of the pixel contract.
-pub const INPUT_NAME: &str = "input";
-pub const OUTPUT_NAME: &str = "output";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -28,6 +25,8 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub normaliser: Normaliser,
+    /// Where the output is used and where the input passes (the manifest's rule).
+    pub outside: ldct_proto::contract::OutsideWindow,
     pub device: Device,
     sessions: Vec<Mutex<Session>>,
 }
@@ -43,22 +42,16 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-fn check_float4d(what: &str, ty: &ValueType) -> Result<(), String> {
-    match ty {
-        ValueType::Tensor { ty, shape, .. } => {
-            if *ty != TensorElementType::Float32 {
-                return Err(format!("{what} is {ty:?}, not float32"));
-            }
-            if shape.len() != 4 || shape[1] != 1 {
-                return Err(format!("{what} has shape {shape:?}, expected [N, 1, H, W]"));
-            }
-            Ok(())
-        }
-        other => Err(format!("{what} is not a tensor: {other:?}")),
-    }
-}
-
 impl LoadedModel {
+    /// How this model's output becomes the served image at `strength`.
+    pub fn compose(&self, strength: f32) -> super::pixels::Compose<'_> {
+        super::pixels::Compose {
+            norm: &self.normaliser,
+            outside: &self.outside,
+            strength,
+        }
+    }
+
     /// Opens a model folder (manifest + checksum), creates `sessions` sessions, checks
     /// the pixel contract and runs a smoke test: a model that fails any step is an `Err`.
     pub fn load(dir: &Path, factory: &SessionFactory, sessions: usize) -> Result<Self, String> {
@@ -82,22 +75,14 @@ impl LoadedModel {
             device = d;
             built.push(s);
         }
-        let first = &built[0];
-        let input = first
-            .inputs()
-            .iter()
-            .find(|i| i.name() == INPUT_NAME)
-            .ok_or("the graph has no input named \"input\"")?;
-        check_float4d("input", input.dtype())?;
-        let output = first
-            .outputs()
-            .iter()
-            .find(|o| o.name() == OUTPUT_NAME)
-            .ok_or("the graph has no output named \"output\"")?;
-        check_float4d("output", output.dtype())?;
+        if let Some(first) = built.first() {
+            contract::check_session(first, md.manifest.input_channels())
+                .map_err(|e| e.to_string())?;
+        }
         let model = LoadedModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             dir: md.dir,
+            outside: md.manifest.outside_window(),
             manifest: md.manifest,
             normaliser,
             device,
@@ -107,23 +92,19 @@ impl LoadedModel {
         Ok(model)
     }
 
-    /// Runs every session once on a padded test slice: the output must have the input's
-    /// shape and be finite.
+    /// Runs every session once on the contract's smoke-test image: the output must have
+    /// the input's shape and be finite.
     fn smoke_test(&self) -> Result<(), String> {
-        let m = self.spatial_multiple();
-        let side = m * (32 / m).max(1);
-        let [lo, hi] = self.manifest.normalisation.range;
-        let x = Array4::from_shape_fn((1, 1, side, side), |(_, _, y, x)| {
-            let t = ((y * 7 + x * 3) % side) as f32 / side as f32;
-            lo + (hi - lo) * (0.25 + 0.5 * t)
-        });
+        let c = self.manifest.input_channels();
+        let (side, data) =
+            contract::smoke_input(&self.padding(), self.manifest.normalisation.range, c);
+        let x = Array4::from_shape_vec((1, c, side, side), data).map_err(|e| e.to_string())?;
         for worker in 0..self.sessions.len() {
             let y = self
                 .run(worker, x.clone())
                 .map_err(|e| format!("smoke test: {e}"))?;
-            if !y.iter().all(|v| v.is_finite()) {
-                return Err("smoke test: the output has NaN or infinite values".into());
-            }
+            contract::check_output(x.shape(), y.shape(), y.iter().copied())
+                .map_err(|e| format!("smoke test: {e}"))?;
         }
         Ok(())
     }
@@ -136,17 +117,34 @@ impl LoadedModel {
         &self.manifest.version
     }
 
-    pub fn spatial_multiple(&self) -> usize {
-        self.manifest.spatial_multiple.max(1) as usize
+    /// The padding rule of the pixel contract: the manifest's spatial multiple and
+    /// minimum size.
+    pub fn padding(&self) -> Padding {
+        Padding::of_manifest(&self.manifest)
     }
 
-    /// Runs one batch `[N, 1, H, W]` on the session of inference thread `worker`.
+    /// The noise map value of a slice (HU), for a noise-conditioned model; `None` for a
+    /// model without a noise map.
+    pub fn noise_map_value(&self, hu: &ndarray::Array2<f32>) -> Option<f32> {
+        self.manifest.noise_map.as_ref().map(|_| {
+            let n = &self.manifest.normalisation;
+            contract::noise_map_value(
+                ldct_imaging::noise::estimate_noise_hu(hu),
+                n.hu_window,
+                n.range,
+            )
+        })
+    }
+
+    /// Runs one batch `[N, C, H, W]` on the session of inference thread `worker`;
+    /// returns `[N, 1, H, W]`.
     pub fn run(&self, worker: usize, batch: Array4<f32>) -> Result<Array4<f32>, ServeError> {
         let slot = &self.sessions[worker % self.sessions.len()];
         // A poisoned lock only means an earlier run panicked (caught by the batcher);
         // the session itself holds no Rust state that could be left inconsistent.
         let mut session = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let shape = batch.shape().to_vec();
+        let mut shape = batch.shape().to_vec();
+        shape[1] = 1;
         let tensor =
             TensorRef::from_array_view(&batch).map_err(|e| ServeError::Inference(e.to_string()))?;
         let outputs = session
@@ -174,6 +172,10 @@ impl Infer for LoadedModel {
 
     fn label(&self) -> &str {
         &self.manifest.name
+    }
+
+    fn input_channels(&self) -> usize {
+        self.manifest.input_channels()
     }
 
     fn infer(&self, worker: usize, batch: Array4<f32>) -> Result<Array4<f32>, ServeError> {

@@ -1,0 +1,71 @@
+//! Request extraction shared by the protocol modules: the query-string and path
+//! extractors' errors (in the body form of the route), the media type and the whole
+//! body under a size limit.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+use crate::error::{self, ServeError};
+
+/// Query-string errors as `bad_request`, in the route's body form.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, req| {
+        error::for_path(
+            ServeError::BadRequest(format!("invalid query string: {e}")),
+            req.path(),
+        )
+    })
+}
+
+/// Path-segment errors as `bad_request`, in the route's body form.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, req| {
+        error::for_path(
+            ServeError::BadRequest(format!("invalid path: {e}")),
+            req.path(),
+        )
+    })
+}
+
+/// The media type of a request without parameters, lower case (`""` when absent).
+pub fn media_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413) — early from the
+/// Content-Length when it is declared.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ServeError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ServeError::PayloadTooLarge { limit });
+    }
+    let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ServeError::BadRequest(format!("cannot read the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ServeError::PayloadTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

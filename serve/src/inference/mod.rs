@@ -1,0 +1,12 @@
+//! Inference, apart from HTTP: the device and ONNX Runtime sessions ([`device`]), a
+//! loaded model folder ([`model`]), the set of loaded models ([`registry`]), the bounded
+//! queue and dynamic batching on inference threads ([`batcher`]), submit-and-wait with
+//! the request timeout ([`pipeline`]) and the pixel steps of the pixel contract
+//! ([`pixels`]: HU <-> normalised, reflection padding, crop).
+
+pub mod batcher;
+pub mod device;
+pub mod model;
+pub mod pipeline;
+pub mod pixels;
+pub mod registry;
