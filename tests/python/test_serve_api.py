@@ -4,7 +4,6 @@ against pydicom and Python onnxruntime (independent of our Rust code)."""
 import http.client
 import io
 import json
-import shutil
 import ssl
 import subprocess
 import time
@@ -21,6 +20,7 @@ from test_serve_support import (
     npy_bytes,
     npy_load,
     reference_hu,
+    self_signed_cert,
     session,
     write_tiny_model,
 )
@@ -237,12 +237,7 @@ def test_no_model_the_server_still_starts_and_says_so(tmp_path):
 
 
 def test_tls_with_rustls(tmp_path):
-    openssl = shutil.which("openssl")
-    assert openssl, "the openssl command is needed to make a test certificate"
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    cert, key = self_signed_cert(tmp_path)
     models = tmp_path / "models"
     write_tiny_model(models / "tiny")
     port = free_port()
@@ -293,3 +288,27 @@ def test_check_flag_loads_models_and_exits(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "rejected" in proc.stderr
     assert "panicked" not in proc.stderr
+
+
+def test_the_token_from_a_file_and_an_empty_token_refused(tmp_path):
+    """--api-token-file (a mounted Kubernetes secret: one trailing newline) guards the
+    routes like --api-token; an empty --api-token stops the server at start with a
+    message instead of silently serving without authentication."""
+    models = tmp_path / "models"
+    write_tiny_model(models / "tiny")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with Server(models, "--api-token-file", token_file, log=tmp_path / "serve.log") as server:
+        assert server.request("GET", "/v1/models").status == 401
+        r = server.request("GET", "/v1/models", headers=AUTH)
+        assert r.status == 200 and r.json()["models"][0]["name"] == "tiny"
+        assert TOKEN not in server.text_log()
+    for args, words in (
+        (["--api-token", ""], "--api-token is empty"),
+        (["--api-token-file", str(tmp_path / "missing")], "--api-token-file"),
+    ):
+        p = subprocess.run(
+            [str(ldct_bin("ldct-serve")), "--models", str(models), "--bind", f"127.0.0.1:{free_port()}", *args],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert p.returncode != 0 and words in p.stderr, (args, p.returncode, p.stderr[-500:])

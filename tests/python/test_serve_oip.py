@@ -6,7 +6,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from test_serve_support import Server, session, write_tiny_model
+from test_serve_support import Server, denormalise, outside_window_weight, session, write_tiny_model
 
 TOKEN = "oip-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,11 +23,15 @@ def triton(tmp_path_factory):
 
 
 def reference(sess, x, multiple=8):
-    """Normalised in, normalised out: reflect pad per slice, run, crop."""
+    """Normalised in, normalised out: reflect pad per slice, run, crop, then the pixel
+    contract's composition with the input (the input's weight rises near the window's
+    top, where x approaches 1: HU above the window pass through)."""
     n, _, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple)), mode="reflect")
     (y,) = sess.run(["output"], {"input": xp.astype(np.float32)})
-    return y[:, :, :h, :w]
+    y = y[:, :, :h, :w].astype(np.float64)
+    weight = outside_window_weight(denormalise(x))
+    return (x + weight * (y - x)).astype(np.float32)
 
 
 def test_health_needs_no_token(triton):
@@ -101,5 +105,8 @@ def test_infer_errors(triton):
     with pytest.raises(InferenceServerException) as e:
         client.infer("nope", [inp], headers=HEADERS)
     assert e.value.status() == "404"
+    # The protocol's error body, {"error": "<string>"}: tritonclient reads the message.
+    assert isinstance(e.value.message(), str), e.value.message()
+    assert 'unknown model "nope"' in e.value.message()
     # The server still serves.
     assert client.infer("tiny", [inp], headers=HEADERS).as_numpy("output").shape == (1, 1, 8, 8)

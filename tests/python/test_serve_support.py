@@ -4,7 +4,8 @@
   package + manifest.json): y = x + tanh(mean3x3(x) - x), repeated `depth` times.
 - `Server`: starts the real `ldct-serve` binary on 127.0.0.1 with a free port, waits
   until it is live, and stops it with SIGTERM (checking the graceful exit).
-- `reference_hu`: the server's pipeline done independently with Python onnxruntime:
+- `reference_hu`: the server's pipeline done independently with Python onnxruntime
+  (and the pixel contract's composition with the input outside the window):
   HU -> clip to the window, scale to [-1, 1] -> numpy reflect pad to the spatial
   multiple -> run -> crop -> HU.
 """
@@ -15,7 +16,9 @@ import http.client
 import json
 import os
 import signal
+import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -106,12 +109,36 @@ def denormalise(x):
     return (x.astype(np.float64) - RANGE[0]) / (RANGE[1] - RANGE[0]) * (hi - lo) + lo
 
 
-def reference_hu(sess, hu, multiple=4):
-    x = normalise(np.asarray(hu, dtype=np.float64))
+def outside_window_weight(hu, window=None):
+    """The pixel contract's weight of the network's output at input value `hu`
+    (DESIGN.md, proto::contract::OutsideWindow::for_window), written out again here:
+    0 at or below lo - 500, smoothstep up to 1 at lo - 300, 1 up to hi - 200, smoothstep
+    down to 0 at hi, 0 above."""
+    lo, hi = window or WINDOW
+    hu = np.asarray(hu, dtype=np.float64)
+
+    def smooth(t):
+        t = np.clip(t, 0.0, 1.0)
+        return t * t * (3 - 2 * t)
+
+    ramp = min(200.0, 0.5 * (hi - lo))
+    w = np.ones_like(hu)
+    below = hu < lo - 300
+    w[below] = smooth((hu[below] - (lo - 500)) / 200.0)
+    above = hu > hi - ramp
+    w[above] = smooth((hi - hu[above]) / ramp)
+    return w
+
+
+def reference_hu(sess, hu, multiple=4, strength=1.0):
+    hu = np.asarray(hu, dtype=np.float64)
+    x = normalise(hu)
     h, w = x.shape
     xp = np.pad(x, ((0, -h % multiple), (0, -w % multiple)), mode="reflect")
     (y,) = sess.run(["output"], {"input": xp[None, None]})
-    return denormalise(y[0, 0, :h, :w])
+    net = denormalise(y[0, 0, :h, :w])
+    weight = strength * outside_window_weight(hu)
+    return hu + weight * (net - hu)
 
 
 def npy_bytes(arr) -> bytes:
@@ -145,18 +172,32 @@ class Response:
         return self.headers.get(name.lower())
 
 
+def self_signed_cert(folder: Path):
+    """A certificate and key for 127.0.0.1 made by the openssl command: (cert, key)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed to make a test certificate"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
 class Server:
     """The real binary on 127.0.0.1:<free port>; use as a context manager."""
 
-    def __init__(self, models: Path, *args, log: Path = None):
+    def __init__(self, models: Path, *args, log: Path = None, ca_cert: Path = None):
+        """`ca_cert`: the server runs with --tls-cert (in `args`); requests go over
+        HTTPS trusting this certificate."""
         self.models, self.args = models, [str(a) for a in args]
         self.port = free_port()
         self.log_path = log or (models.parent / f"ldct-serve-{self.port}.log")
+        self.ca_cert = ca_cert
         self.proc = None
 
     @property
     def base(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_cert else 'http'}://127.0.0.1:{self.port}"
 
     def start(self):
         env = dict(os.environ)
@@ -187,7 +228,11 @@ class Server:
             return ""
 
     def request(self, method, path, body=None, headers=None, timeout=60):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.ca_cert:
+            ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
