@@ -7,7 +7,10 @@
 use dicom_dictionary_std::tags;
 use ndarray::Array2;
 
-use crate::dicom::{decode_object, parse_dicom_bytes, DefaultDicomObject, DicomMeta};
+use crate::dicom::{
+    decode_object, object_meta, parse_dicom_bytes_within, DefaultDicomObject, DicomMeta,
+};
+use crate::limits::{SliceLimits, SliceTooLarge};
 use crate::ImagingError;
 
 /// CT Image Storage and Enhanced CT Image Storage.
@@ -30,25 +33,34 @@ pub enum InstanceError {
     NotCt { modality: String, sop_class: String },
     #[error("{0} frames: send single-frame CT instances")]
     MultiFrame(u32),
+    #[error(transparent)]
+    TooLarge(#[from] SliceTooLarge),
 }
 
 /// Parses and decodes `bytes` ([`decode_ct_object`]).
-pub fn decode_ct(bytes: &[u8]) -> Result<CtInstance, InstanceError> {
-    decode_ct_object(parse_dicom_bytes(bytes)?)
+pub fn decode_ct(bytes: &[u8], limits: &SliceLimits) -> Result<CtInstance, InstanceError> {
+    decode_ct_object(
+        parse_dicom_bytes_within(bytes, limits.max_data_set_bytes())?,
+        limits,
+    )
 }
 
-/// Decodes a parsed object; an error unless it is a single-frame CT image.
-pub fn decode_ct_object(obj: DefaultDicomObject) -> Result<CtInstance, InstanceError> {
+/// Decodes a parsed object; an error unless it is a single-frame CT image within
+/// `limits`. Modality, SOP class, frame count and size are checked from the header
+/// before any pixel is decoded, so a refused instance costs no pixel memory.
+pub fn decode_ct_object(
+    obj: DefaultDicomObject,
+    limits: &SliceLimits,
+) -> Result<CtInstance, InstanceError> {
+    let header = object_meta(&obj)?;
+    check_ct(&header)?;
+    if header.frames != 1 {
+        return Err(InstanceError::MultiFrame(header.frames));
+    }
+    limits.check(header.rows as usize, header.cols as usize)?;
     let slices = decode_object(&obj)?;
     let meta = slices.meta;
-    let is_ct = meta.modality.as_deref().map(str::trim) == Some("CT")
-        || CT_SOP_CLASSES.contains(&meta.sop_class_uid.trim());
-    if !is_ct {
-        return Err(InstanceError::NotCt {
-            modality: meta.modality.clone().unwrap_or_else(|| "none".into()),
-            sop_class: meta.sop_class_uid.clone(),
-        });
-    }
+    check_ct(&meta)?;
     if meta.frames != 1 || slices.frames.len() != 1 {
         return Err(InstanceError::MultiFrame(meta.frames));
     }
@@ -59,6 +71,19 @@ pub fn decode_ct_object(obj: DefaultDicomObject) -> Result<CtInstance, InstanceE
         .map(|f| f.hu)
         .ok_or(InstanceError::MultiFrame(0))?;
     Ok(CtInstance { obj, meta, hu })
+}
+
+/// An error unless the header says CT (modality or SOP class).
+fn check_ct(meta: &DicomMeta) -> Result<(), InstanceError> {
+    let is_ct = meta.modality.as_deref().map(str::trim) == Some("CT")
+        || CT_SOP_CLASSES.contains(&meta.sop_class_uid.trim());
+    if !is_ct {
+        return Err(InstanceError::NotCt {
+            modality: meta.modality.clone().unwrap_or_else(|| "none".into()),
+            sop_class: meta.sop_class_uid.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// A text attribute of the data set (trimmed; `None` when absent or empty).
@@ -134,7 +159,7 @@ mod tests {
 
     #[test]
     fn garbage_is_not_dicom() {
-        let e = decode_ct(b"hello").err().unwrap();
+        let e = decode_ct(b"hello", &SliceLimits::CT).err().unwrap();
         assert!(
             matches!(e, InstanceError::Imaging(ImagingError::NotDicom(_))),
             "{e:?}"

@@ -22,6 +22,7 @@ pub mod hu;
 pub mod image;
 pub mod instance;
 pub mod inv3;
+pub mod limits;
 pub mod metrics;
 pub mod nifti;
 pub mod noise;

@@ -103,8 +103,62 @@ impl NpyArray {
     }
 }
 
+/// What a `.npy` header declares: read before the data, so a caller can refuse a shape
+/// without decoding (or allocating for) anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: NpyDtype,
+    pub shape: Vec<usize>,
+    little: bool,
+    fortran: bool,
+    data_start: usize,
+}
+
 /// Parses `.npy` bytes.
 pub fn parse(bytes: &[u8]) -> Result<NpyArray> {
+    let NpyHeader {
+        dtype,
+        shape,
+        little,
+        fortran,
+        data_start,
+    } = header(bytes)?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| ImagingError::Npy("shape overflows".into()))?;
+    let nbytes = count
+        .checked_mul(dtype.size())
+        .ok_or_else(|| ImagingError::Npy("shape overflows".into()))?;
+    let payload = &bytes[data_start..];
+    if payload.len() < nbytes {
+        return Err(ImagingError::Npy(format!(
+            "truncated data: shape {shape:?} {} needs {nbytes} bytes, found {}",
+            dtype.name(),
+            payload.len()
+        )));
+    }
+    let payload = &payload[..nbytes];
+    let endian = if little { Endian::Little } else { Endian::Big };
+    let mut data = sample::decode(payload, dtype.sample(), endian);
+    if fortran && shape.len() > 1 {
+        // Fortran order: reinterpret with reversed axes, then transpose to C order.
+        let rev: Vec<usize> = shape.iter().rev().copied().collect();
+        let a = ArrayD::from_shape_vec(IxDyn(&rev), data)
+            .map_err(|e| ImagingError::Npy(e.to_string()))?;
+        data = a
+            .reversed_axes()
+            .as_standard_layout()
+            .iter()
+            .copied()
+            .collect();
+    }
+    Ok(NpyArray { dtype, shape, data })
+}
+
+/// Reads the header of `.npy` bytes (magic, version, dtype, order, shape) and nothing
+/// else.
+pub fn header(bytes: &[u8]) -> Result<NpyHeader> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(ImagingError::Npy(
             "missing \\x93NUMPY magic: not a .npy file".into(),
@@ -144,38 +198,13 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray> {
     };
     let shape = parse_shape(dict_value(header, "shape")?)?;
     let (little, dtype) = parse_descr(descr)?;
-
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| ImagingError::Npy("shape overflows".into()))?;
-    let nbytes = count
-        .checked_mul(dtype.size())
-        .ok_or_else(|| ImagingError::Npy("shape overflows".into()))?;
-    let payload = &bytes[data_start..];
-    if payload.len() < nbytes {
-        return Err(ImagingError::Npy(format!(
-            "truncated data: shape {shape:?} {} needs {nbytes} bytes, found {}",
-            dtype.name(),
-            payload.len()
-        )));
-    }
-    let payload = &payload[..nbytes];
-    let endian = if little { Endian::Little } else { Endian::Big };
-    let mut data = sample::decode(payload, dtype.sample(), endian);
-    if fortran && shape.len() > 1 {
-        // Fortran order: reinterpret with reversed axes, then transpose to C order.
-        let rev: Vec<usize> = shape.iter().rev().copied().collect();
-        let a = ArrayD::from_shape_vec(IxDyn(&rev), data)
-            .map_err(|e| ImagingError::Npy(e.to_string()))?;
-        data = a
-            .reversed_axes()
-            .as_standard_layout()
-            .iter()
-            .copied()
-            .collect();
-    }
-    Ok(NpyArray { dtype, shape, data })
+    Ok(NpyHeader {
+        dtype,
+        shape,
+        little,
+        fortran,
+        data_start,
+    })
 }
 
 fn dict_value<'a>(header: &'a str, key: &str) -> Result<&'a str> {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ldct_imaging::limits::SliceLimits;
 
 use crate::jobs::store::Keep;
 
@@ -75,6 +76,21 @@ pub struct Config {
     /// Largest request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+    /// Most rows or columns of one slice (413 beyond it), checked from the DICOM header,
+    /// the .npy header or the declared tensor shape before any pixel is decoded.
+    #[arg(long, env = "LDCT_MAX_SLICE_SIDE", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(16..=65535))]
+    pub max_slice_side: u32,
+    /// Most pixels (rows x columns) of one slice (413 beyond it), checked like
+    /// --max-slice-side.
+    #[arg(long, env = "LDCT_MAX_SLICE_PIXELS", default_value_t = 2048 * 2048,
+          value_parser = clap::value_parser!(u64).range(256..=(1 << 32)))]
+    pub max_slice_pixels: u64,
+    /// Longest time to receive a request body, in seconds (408 beyond it): a client that
+    /// sends slowly cannot hold a connection and its buffer open.
+    #[arg(long, env = "LDCT_BODY_TIMEOUT", default_value_t = 60.0,
+          value_parser = parse_seconds)]
+    pub body_timeout: f64,
     /// Default denoising strength, from 0 (the input's pixels as they are) to 1 (the
     /// model's full output); requests override it (`?strength=`, the OIP parameter
     /// `strength`, a pull job's `strength`).
@@ -176,6 +192,11 @@ pub struct Config {
     /// count of the most recently finished (`100`); older ones are deleted.
     #[arg(long, env = "LDCT_JOBS_KEEP", default_value = "7d")]
     pub jobs_keep: Keep,
+    /// Most pull jobs queued, running or pushing at once; a new one beyond it gets 429
+    /// with Retry-After (the same study asked again joins its active job instead).
+    #[arg(long, env = "LDCT_MAX_ACTIVE_JOBS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_active_jobs: u32,
     /// Largest STOW-RS request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_DICOMWEB_MAX_BODY_BYTES", default_value_t = 512 << 20)]
     pub dicomweb_max_body_bytes: usize,
@@ -324,6 +345,18 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_timeout)
+    }
+
+    /// The largest slice accepted (`--max-slice-side`, `--max-slice-pixels`).
+    pub fn slice_limits(&self) -> SliceLimits {
+        SliceLimits {
+            max_side: self.max_slice_side as usize,
+            max_pixels: usize::try_from(self.max_slice_pixels).unwrap_or(usize::MAX),
+        }
     }
 
     pub fn batch_timeout(&self) -> Duration {

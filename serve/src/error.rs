@@ -14,6 +14,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use ldct_imaging::instance::InstanceError;
+use ldct_imaging::limits::SliceTooLarge;
 use ldct_imaging::ImagingError;
 use serde::Serialize;
 
@@ -81,6 +82,15 @@ pub enum ServeError {
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
+    SliceTooLarge(String),
+    #[error(
+        "the request holds {slices} slices, more than the inference queue's capacity of \
+         {capacity}: send at most {capacity} per request"
+    )]
+    TooManySlices { slices: usize, capacity: usize },
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: f64 },
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("unsupported dtype: {0}")]
     UnsupportedDtype(String),
@@ -92,6 +102,8 @@ pub enum ServeError {
     UnsupportedImage(String),
     #[error("the inference queue is full ({capacity} slices waiting); retry later")]
     QueueFull { capacity: usize },
+    #[error("{max} pull jobs are already queued or running; retry later")]
+    TooManyJobs { max: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("no result within the request timeout of {seconds} s")]
@@ -119,12 +131,16 @@ impl ServeError {
             ServeError::UnknownModel(_) => "unknown_model",
             ServeError::MethodNotAllowed => "method_not_allowed",
             ServeError::PayloadTooLarge { .. } => "payload_too_large",
+            ServeError::SliceTooLarge(_) => "slice_too_large",
+            ServeError::TooManySlices { .. } => "too_many_slices",
+            ServeError::BodyTimeout { .. } => "body_timeout",
             ServeError::UnsupportedMediaType(_) => "unsupported_media_type",
             ServeError::UnsupportedDtype(_) => "unsupported_dtype",
             ServeError::UnsupportedShape(_) => "unsupported_shape",
             ServeError::NonFinite => "non_finite",
             ServeError::UnsupportedImage(_) => "unsupported_image",
             ServeError::QueueFull { .. } => "queue_full",
+            ServeError::TooManyJobs { .. } => "too_many_jobs",
             ServeError::ShuttingDown => "shutting_down",
             ServeError::Timeout { .. } => "timeout",
             ServeError::Inference(_) => "inference_failed",
@@ -139,7 +155,7 @@ impl ServeError {
             401 => ErrorType::Auth,
             404 => ErrorType::NotFound,
             501 => ErrorType::NotConfigured,
-            503 | 504 => ErrorType::Unavailable,
+            429 | 503 | 504 => ErrorType::Unavailable,
             500..=599 => ErrorType::Internal,
             _ => ErrorType::InvalidRequest,
         }
@@ -164,12 +180,16 @@ impl ServeError {
             ServeError::UnknownModel(_) => "no model of that name (and version) is loaded",
             ServeError::MethodNotAllowed => "the route exists, not with this method",
             ServeError::PayloadTooLarge { .. } => "the body is larger than `--max-body-bytes` (`--dicomweb-max-body-bytes` for STOW-RS)",
+            ServeError::SliceTooLarge(_) => "a slice has more rows, columns or pixels than `--max-slice-side` / `--max-slice-pixels` (read from its header, before decoding)",
+            ServeError::TooManySlices { .. } => "an inference request has more slices than `--queue-capacity` can ever hold: split it (retrying would not help)",
+            ServeError::BodyTimeout { .. } => "the body was not received within `--body-timeout`",
             ServeError::UnsupportedMediaType(_) => "the Content-Type is not one the route takes",
             ServeError::UnsupportedDtype(_) => "a .npy array is neither float32 nor int16",
             ServeError::UnsupportedShape(_) => "the image is empty, not 2-D, or differs in size from its reference",
             ServeError::NonFinite => "the image has NaN or infinite values",
             ServeError::UnsupportedImage(_) => "not a single-frame CT image, or an unsupported transfer syntax",
             ServeError::QueueFull { .. } => "the inference queue is full (`--queue-capacity`): retry after `Retry-After` seconds",
+            ServeError::TooManyJobs { .. } => "`--max-active-jobs` pull jobs are queued or running: retry after `Retry-After` seconds",
             ServeError::ShuttingDown => "the server is stopping: retry on another replica",
             ServeError::Timeout { .. } => "no result within `--request-timeout`",
             ServeError::Inference(_) => "ONNX Runtime failed on the request",
@@ -192,12 +212,19 @@ impl ServeError {
             ServeError::UnknownModel("unknown model \"x\"; loaded: default".into()),
             ServeError::MethodNotAllowed,
             ServeError::PayloadTooLarge { limit: 67_108_864 },
+            ServeError::SliceTooLarge("a slice of 4096x4096 pixels is larger than ...".into()),
+            ServeError::TooManySlices {
+                slices: 100,
+                capacity: 64,
+            },
+            ServeError::BodyTimeout { seconds: 60.0 },
             ServeError::UnsupportedMediaType("...".into()),
             ServeError::UnsupportedDtype("...".into()),
             ServeError::UnsupportedShape("...".into()),
             ServeError::NonFinite,
             ServeError::UnsupportedImage("...".into()),
             ServeError::QueueFull { capacity: 64 },
+            ServeError::TooManyJobs { max: 32 },
             ServeError::ShuttingDown,
             ServeError::Timeout { seconds: 30.0 },
             ServeError::Inference("...".into()),
@@ -223,17 +250,21 @@ impl ServeError {
             ServeError::UnknownModel(_) => 8,
             ServeError::MethodNotAllowed => 9,
             ServeError::PayloadTooLarge { .. } => 10,
-            ServeError::UnsupportedMediaType(_) => 11,
-            ServeError::UnsupportedDtype(_) => 12,
-            ServeError::UnsupportedShape(_) => 13,
-            ServeError::NonFinite => 14,
-            ServeError::UnsupportedImage(_) => 15,
-            ServeError::QueueFull { .. } => 16,
-            ServeError::ShuttingDown => 17,
-            ServeError::Timeout { .. } => 18,
-            ServeError::Inference(_) => 19,
-            ServeError::PacsNotConfigured => 20,
-            ServeError::Internal(_) => 21,
+            ServeError::SliceTooLarge(_) => 11,
+            ServeError::TooManySlices { .. } => 12,
+            ServeError::BodyTimeout { .. } => 13,
+            ServeError::UnsupportedMediaType(_) => 14,
+            ServeError::UnsupportedDtype(_) => 15,
+            ServeError::UnsupportedShape(_) => 16,
+            ServeError::NonFinite => 17,
+            ServeError::UnsupportedImage(_) => 18,
+            ServeError::QueueFull { .. } => 19,
+            ServeError::TooManyJobs { .. } => 20,
+            ServeError::ShuttingDown => 21,
+            ServeError::Timeout { .. } => 22,
+            ServeError::Inference(_) => 23,
+            ServeError::PacsNotConfigured => 24,
+            ServeError::Internal(_) => 25,
         }
     }
 
@@ -248,7 +279,10 @@ impl ServeError {
             ServeError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServeError::NotFound(_) | ServeError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ServeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ServeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::PayloadTooLarge { .. }
+            | ServeError::SliceTooLarge(_)
+            | ServeError::TooManySlices { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ServeError::UnsupportedDtype(_)
             | ServeError::UnsupportedShape(_)
@@ -257,6 +291,7 @@ impl ServeError {
             ServeError::QueueFull { .. } | ServeError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ServeError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Inference(_) | ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::PacsNotConfigured => StatusCode::NOT_IMPLEMENTED,
@@ -286,7 +321,9 @@ impl ServeError {
     fn response_head(&self) -> actix_web::HttpResponseBuilder {
         let mut res = HttpResponse::build(self.status());
         match self {
-            ServeError::QueueFull { .. } | ServeError::ShuttingDown => {
+            ServeError::QueueFull { .. }
+            | ServeError::ShuttingDown
+            | ServeError::TooManyJobs { .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
             }
             ServeError::Unauthorized => {
@@ -425,10 +462,17 @@ impl From<ImagingError> for ServeError {
     }
 }
 
+impl From<SliceTooLarge> for ServeError {
+    fn from(e: SliceTooLarge) -> Self {
+        ServeError::SliceTooLarge(format!("{e} (--max-slice-side, --max-slice-pixels)"))
+    }
+}
+
 impl From<InstanceError> for ServeError {
     fn from(e: InstanceError) -> Self {
         match e {
             InstanceError::Imaging(e) => e.into(),
+            InstanceError::TooLarge(e) => e.into(),
             other => ServeError::UnsupportedImage(other.to_string()),
         }
     }
@@ -570,7 +614,9 @@ mod tests {
 
     #[test]
     fn instance_errors_map_to_client_errors() {
-        let e = ldct_imaging::instance::decode_ct(b"hello").err().unwrap();
+        let e = ldct_imaging::instance::decode_ct(b"hello", &ldct_imaging::limits::SliceLimits::CT)
+            .err()
+            .unwrap();
         assert_eq!(ServeError::from(e).code(), "invalid_dicom");
         let e = InstanceError::MultiFrame(3);
         assert_eq!(ServeError::from(e).code(), "unsupported_image");

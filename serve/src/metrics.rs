@@ -222,13 +222,37 @@ impl Metrics {
         String::from_utf8(buf).map_err(|e| e.to_string())
     }
 
-    /// Replaces the model info series with the given (name, version, device) triples.
+    /// Replaces the model info series with the given (name, version, device) triples:
+    /// the new series are set before the stale ones are removed, so a scrape during a
+    /// reload never finds no model (calls are serialised).
     pub fn set_models(&self, models: &[(String, String, String)]) {
-        self.model_info.reset();
+        use prometheus::core::Collector;
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         for (name, version, device) in models {
             self.model_info
                 .with_label_values(&[name.as_str(), version.as_str(), device.as_str()])
                 .set(1);
+        }
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let stale: Vec<[String; 3]> = self
+            .model_info
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| [label(m, "name"), label(m, "version"), label(m, "device")])
+            .filter(|[n, v, d]| !models.iter().any(|(mn, mv, md)| (mn, mv, md) == (n, v, d)))
+            .collect();
+        for [n, v, d] in &stale {
+            let _ = self
+                .model_info
+                .remove_label_values(&[n.as_str(), v.as_str(), d.as_str()]);
         }
         self.models_loaded.set(models.len() as i64);
     }

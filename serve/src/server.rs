@@ -59,6 +59,8 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
         strength: config.strength,
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout(),
+            slice: config.slice_limits(),
             request_timeout: config.request_timeout(),
             api_token: config
                 .api_token

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ldct_imaging::limits::SliceLimits;
+
 use crate::dicomweb::service::DicomWeb;
 use crate::inference::batcher::Batcher;
 use crate::inference::registry::Registry;
@@ -12,6 +14,10 @@ use crate::inference::registry::Registry;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Longest time to receive a body (`--body-timeout`).
+    pub body_timeout: Duration,
+    /// Largest slice decoded (`--max-slice-side`, `--max-slice-pixels`).
+    pub slice: SliceLimits,
     pub request_timeout: Duration,
     pub api_token: Option<Arc<str>>,
 }

@@ -555,6 +555,49 @@ async fn pull_jobs_are_accepted_persisted_and_reported() {
 }
 
 #[actix_web::test]
+async fn pull_jobs_beyond_max_active_jobs_get_429_with_retry_after() {
+    let models = tiny_models();
+    let spool = tempfile::tempdir().unwrap();
+    let st = dw_state(models.path(), spool.path(), &["--max-active-jobs", "3"]);
+    let svc = test::init_service(app(st)).await;
+    // No runner: the jobs stay queued, so all three places stay taken.
+    for i in 0..3 {
+        let res = test::call_service(
+            &svc,
+            TestRequest::post()
+                .uri(&format!("/v1/studies/1.2.{i}/denoise"))
+                .to_request(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    let res = test::call_service(
+        &svc,
+        TestRequest::post()
+            .uri("/v1/studies/1.2.9/denoise")
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(json_of(res).await["error"]["code"], "too_many_jobs");
+    // Asking again for a study with an active job is not a new job: still 202.
+    let res = test::call_service(
+        &svc,
+        TestRequest::post()
+            .uri("/v1/studies/1.2.0/denoise")
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // Nothing beyond the cap reached the disk.
+    let files = std::fs::read_dir(spool.path().join("jobs"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 3);
+}
+
+#[actix_web::test]
 async fn without_a_pacs_the_dicomweb_routes_are_501() {
     let models = tiny_models();
     let svc = test::init_service(app(state(models.path(), Options::default()))).await;

@@ -76,7 +76,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub use dicom_object::DefaultDicomObject;
-pub use parse::{parse_dicom_bytes, MAX_INFLATED};
+pub use parse::{parse_dicom_bytes, parse_dicom_bytes_within, MAX_INFLATED};
 pub use read::{decode_object, object_meta, read_dicom_bytes, read_dicom_file};
 pub use scan::MAX_DEPTH;
 pub use series::read_series_dir;

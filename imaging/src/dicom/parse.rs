@@ -27,6 +27,13 @@ pub const MAX_INFLATED: u64 = MAX_PIXELS * 4 + (16 << 20);
 /// [`ImagingError::DicomCorrupt`] when they do but the structure is truncated or broken;
 /// [`ImagingError::DicomUnsupported`] for a transfer syntax dicom-rs cannot parse.
 pub fn parse_dicom_bytes(bytes: &[u8]) -> Result<DefaultDicomObject> {
+    parse_dicom_bytes_within(bytes, MAX_INFLATED)
+}
+
+/// [`parse_dicom_bytes`] with a deflated data set inflated to at most `max_inflated`
+/// bytes (a receiver's bound from the largest slice it accepts; see
+/// [`SliceLimits::max_data_set_bytes`](crate::limits::SliceLimits::max_data_set_bytes)).
+pub fn parse_dicom_bytes_within(bytes: &[u8], max_inflated: u64) -> Result<DefaultDicomObject> {
     if bytes.is_empty() {
         return Err(ImagingError::NotDicom("the file is empty".into()));
     }
@@ -66,7 +73,7 @@ pub fn parse_dicom_bytes(bytes: &[u8]) -> Result<DefaultDicomObject> {
         return parse_dataset(None, data, meta.end, syntax, ts, &meta);
     };
     if is_deflated(&ts) {
-        let inflated = inflate(data)?;
+        let inflated = inflate(data, max_inflated.min(MAX_INFLATED))?;
         return parse_dataset(None, &inflated, 0, Syntax::EXPLICIT_LE, ts, &meta).map_err(
             |e| match e {
                 ImagingError::DicomCorrupt(m) => {
@@ -146,16 +153,17 @@ fn parseable_transfer_syntax(ts: &str) -> bool {
         })
 }
 
-/// Inflates a deflated data set, refusing more than [`MAX_INFLATED`] bytes.
-fn inflate(data: &[u8]) -> Result<Vec<u8>> {
+/// Inflates a deflated data set, refusing more than `max` bytes (read no further).
+fn inflate(data: &[u8], max: u64) -> Result<Vec<u8>> {
     let mut inflated = Vec::new();
     flate2::read::DeflateDecoder::new(data)
-        .take(MAX_INFLATED + 1)
+        .take(max + 1)
         .read_to_end(&mut inflated)
         .map_err(|e| ImagingError::DicomCorrupt(format!("cannot inflate the data set: {e}")))?;
-    if inflated.len() as u64 > MAX_INFLATED {
+    if inflated.len() as u64 > max {
         return Err(ImagingError::DicomUnsupported(format!(
-            "the deflated data set inflates to more than {MAX_INFLATED} bytes"
+            "the deflated data set inflates to more than {max} bytes: refused unread (a \
+             deflate bomb guard)"
         )));
     }
     Ok(inflated)

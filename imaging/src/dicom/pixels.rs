@@ -1,9 +1,12 @@
 //! Pixel data to stored values to HU, frame by frame.
 //!
 //! Native pixel data is read directly from the element (little or big endian, 8 / 16 /
-//! 32 bits allocated), RLE by [`super::rle`]. Other encapsulated pixel data goes through
-//! dicom-pixeldata's codecs (jpeg-decoder, the pure-Rust openjp2 port, deflate), each
-//! call under `catch_unwind`. Frames are decoded in parallel.
+//! 32 bits allocated), RLE by [`super::rle`], encapsulated uncompressed frames as they
+//! are and deflated image frames by inflating each under the size the header declares
+//! (Rows x Columns x BitsAllocated: a deflate bomb is refused after that many bytes, not
+//! inflated). JPEG and JPEG 2000 go through dicom-pixeldata's codecs (jpeg-decoder, the
+//! pure-Rust openjp2 port), each call under `catch_unwind`, after the codestream header's
+//! size is checked against the data set's. Frames are decoded in parallel.
 //!
 //! Stored values follow pydicom 3 (`pixels/decoders/base.py`):
 //! - native, deflated, RLE and JPEG data: bits above BitsStored are discarded, and the value
@@ -39,8 +42,12 @@ pub(crate) enum Codec {
     Jpeg2000,
     /// RLE Lossless, decoded by [`super::rle`].
     Rle,
-    /// Deflated frames, encapsulated uncompressed: little-endian output, no quirks.
-    OtherEncapsulated,
+    /// Encapsulated Uncompressed Explicit VR Little Endian: each frame's fragments hold
+    /// its little-endian samples as they are.
+    EncapsulatedRaw,
+    /// Deflated Image Frame Compression: each frame's fragments hold its little-endian
+    /// samples, deflated (RFC 1951, no zlib header).
+    DeflatedFrames,
 }
 
 impl Codec {
@@ -63,10 +70,17 @@ impl Codec {
             | "1.2.840.10008.1.2.4.202"
             | "1.2.840.10008.1.2.4.203" => Codec::Jpeg2000,
             "1.2.840.10008.1.2.5" => Codec::Rle,
-            "1.2.840.10008.1.2.1.98" | "1.2.840.10008.1.2.8.1" => Codec::OtherEncapsulated,
+            "1.2.840.10008.1.2.1.98" => Codec::EncapsulatedRaw,
+            "1.2.840.10008.1.2.8.1" => Codec::DeflatedFrames,
             _ => return None,
         };
         Some(c)
+    }
+
+    /// Whether frames are decoded by dicom-pixeldata (which reads the pixel module
+    /// attributes, so the object is normalised first).
+    pub(crate) fn uses_pixeldata(self) -> bool {
+        matches!(self, Codec::Jpeg | Codec::Jpeg2000)
     }
 }
 
@@ -152,8 +166,12 @@ pub(crate) fn decode_frames(
             (0..fmt.frames)
                 .into_par_iter()
                 .map(|f| {
-                    if codec == Codec::Rle {
-                        return decode_rle(&fragments, table, fmt, f, rescale[f]);
+                    match codec {
+                        Codec::Rle => return decode_rle(&fragments, table, fmt, f, rescale[f]),
+                        Codec::EncapsulatedRaw | Codec::DeflatedFrames => {
+                            return decode_raw_frame(&fragments, table, fmt, codec, f, rescale[f])
+                        }
+                        _ => {}
                     }
                     let head = frame_head(&fragments, table, fmt.frames, f, codec);
                     decode_encapsulated(obj, fmt, codec, f, head, rescale[f])
@@ -254,6 +272,64 @@ fn decode_rle(
         other => other,
     })?;
     Ok(to_hu(&decoded, fmt, fmt.bits_stored, bps, r))
+}
+
+/// One frame of encapsulated uncompressed or deflated samples to HU.
+fn decode_raw_frame(
+    fragments: &[&[u8]],
+    table: &[u32],
+    fmt: &PixelFormat,
+    codec: Codec,
+    f: usize,
+    r: Rescale,
+) -> Result<Array2<f32>> {
+    let data = frame_data(fragments, table, fmt.frames, f).ok_or_else(|| {
+        ImagingError::DicomDecode(format!(
+            "frame {f}: cannot tell which of the {} fragments hold it",
+            fragments.len()
+        ))
+    })?;
+    let need = fmt.frame_bytes();
+    let samples = if codec == Codec::DeflatedFrames {
+        Cow::Owned(inflate_frame(&data, need, f)?)
+    } else {
+        data
+    };
+    if samples.len() < need {
+        return Err(ImagingError::DicomDecode(format!(
+            "frame {f}: {} bytes of samples, but {}x{} at {} bits need {need}",
+            samples.len(),
+            fmt.rows,
+            fmt.cols,
+            fmt.bits_allocated
+        )));
+    }
+    Ok(to_hu(
+        &samples,
+        fmt,
+        fmt.bits_stored,
+        fmt.bytes_per_sample(),
+        r,
+    ))
+}
+
+/// Inflates one deflated frame, reading at most one byte more than the `need` bytes the
+/// header declares: a frame that inflates to more is refused (a deflate bomb guard), so
+/// memory and time stay bounded by the declared size whatever the stream holds.
+fn inflate_frame(data: &[u8], need: usize, f: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(need.min(data.len().saturating_mul(16)));
+    flate2::read::DeflateDecoder::new(data)
+        .take(need as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ImagingError::DicomDecode(format!("frame {f}: cannot inflate: {e}")))?;
+    if out.len() > need {
+        return Err(ImagingError::DicomUnsupported(format!(
+            "frame {f} inflates to more than the {need} bytes Rows x Columns x BitsAllocated \
+             declare: refused unread (a deflate bomb guard)"
+        )));
+    }
+    Ok(out)
 }
 
 fn decode_encapsulated(

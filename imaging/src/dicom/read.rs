@@ -25,11 +25,11 @@ pub fn read_dicom_bytes(bytes: &[u8]) -> Result<DicomSlices> {
     decode_owned(parse_dicom_bytes(bytes)?)
 }
 
-/// Decodes an already parsed object (clones it when its pixel data is encapsulated,
-/// because the codecs need normalised attributes).
+/// Decodes an already parsed object (clones it when its pixel data is JPEG or JPEG 2000,
+/// because dicom-pixeldata's codecs need normalised attributes).
 pub fn decode_object(obj: &DefaultDicomObject) -> Result<DicomSlices> {
     let p = prepare(obj)?;
-    if matches!(p.codec, Codec::Native { .. }) {
+    if !p.codec.uses_pixeldata() {
         p.finish(obj)
     } else {
         let mut owned = obj.clone();
@@ -59,7 +59,7 @@ pub(crate) fn with_path(e: ImagingError, path: &Path) -> ImagingError {
 
 pub(crate) fn decode_owned(mut obj: DefaultDicomObject) -> Result<DicomSlices> {
     let p = prepare(&obj)?;
-    if !matches!(p.codec, Codec::Native { .. }) {
+    if p.codec.uses_pixeldata() {
         normalise(&mut obj, &p.fmt);
     }
     p.finish(&obj)
@@ -155,7 +155,7 @@ fn prepare(obj: &DefaultDicomObject) -> Result<Prepared> {
                 .unwrap_or_default()
         ))
     })?;
-    if ba == 32 && !matches!(codec, Codec::Native { .. } | Codec::Rle) {
+    if ba == 32 && codec.uses_pixeldata() {
         return Err(ImagingError::DicomUnsupported(format!(
             "BitsAllocated 32 is only supported for native pixel data, not {ts}"
         )));

@@ -18,8 +18,8 @@ pub const MAX_PART_HEADER_BYTES: usize = 16 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MultipartError {
-    #[error("Content-Type {0:?} is not multipart/related")]
-    NotMultipart(String),
+    #[error("Content-Type {0:?} is not {1}")]
+    NotMultipart(String, &'static str),
     #[error("the multipart Content-Type has no boundary parameter")]
     NoBoundary,
     #[error("invalid boundary {0:?}: 1 to {MAX_BOUNDARY} characters, not ending in a space")]
@@ -136,9 +136,18 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
 
 /// Checks that a Content-Type is `multipart/related` and returns it with its boundary.
 pub fn related(content_type: &str) -> Result<(MediaType, String), MultipartError> {
+    multipart(content_type, "multipart/related")
+}
+
+/// Checks that a Content-Type is the multipart type `essence` (`multipart/related`,
+/// `multipart/form-data`) and returns it with its boundary.
+pub fn multipart(
+    content_type: &str,
+    essence: &'static str,
+) -> Result<(MediaType, String), MultipartError> {
     let mt = MediaType::parse(content_type)
-        .filter(|m| m.essence == "multipart/related")
-        .ok_or_else(|| MultipartError::NotMultipart(content_type.to_owned()))?;
+        .filter(|m| m.essence == essence)
+        .ok_or_else(|| MultipartError::NotMultipart(content_type.to_owned(), essence))?;
     let boundary = mt
         .param("boundary")
         .ok_or(MultipartError::NoBoundary)?
@@ -178,9 +187,22 @@ impl Part {
     pub fn media_type(&self) -> Option<MediaType> {
         self.header("content-type").and_then(MediaType::parse)
     }
+
+    /// The field name of a `multipart/form-data` part (`Content-Disposition: form-data;
+    /// name="..."`); `None` without one.
+    pub fn form_name(&self) -> Option<String> {
+        let (kind, params) = self.header("content-disposition")?.split_once(';')?;
+        if !kind.trim().eq_ignore_ascii_case("form-data") {
+            return None;
+        }
+        parse_params(params)
+            .into_iter()
+            .find(|(n, _)| n == "name")
+            .map(|(_, v)| v)
+    }
 }
 
-/// Splits a `multipart/related` body on `boundary` into at most `max_parts` parts.
+/// Splits a multipart body on `boundary` into at most `max_parts` parts.
 pub fn parse(body: &Bytes, boundary: &str, max_parts: usize) -> Result<Vec<Part>, MultipartError> {
     check_boundary(boundary)?;
     let delim = format!("--{boundary}");
@@ -387,10 +409,30 @@ mod tests {
     }
 
     #[test]
+    fn form_data_field_names() {
+        let part = |cd: &str| Part {
+            headers: vec![("Content-Disposition".into(), cd.into())],
+            body: Bytes::new(),
+        };
+        assert_eq!(
+            part("form-data; name=\"input\"; filename=\"a.dcm\"").form_name(),
+            Some("input".into())
+        );
+        assert_eq!(
+            part("Form-Data; name=reference").form_name(),
+            Some("reference".into())
+        );
+        assert_eq!(part("attachment; name=\"input\"").form_name(), None);
+        assert_eq!(part("form-data").form_name(), None);
+        assert!(multipart("multipart/form-data; boundary=x", "multipart/form-data").is_ok());
+        assert!(multipart("multipart/related; boundary=x", "multipart/form-data").is_err());
+    }
+
+    #[test]
     fn related_requires_a_boundary() {
         assert!(matches!(
             related("multipart/form-data; boundary=x"),
-            Err(MultipartError::NotMultipart(_))
+            Err(MultipartError::NotMultipart(_, _))
         ));
         assert_eq!(
             related("multipart/related; type=\"application/dicom\""),

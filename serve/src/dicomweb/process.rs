@@ -10,8 +10,9 @@ use std::time::Duration;
 use actix_web::web;
 use dicom_dictionary_std::tags;
 use ldct_imaging::derived::{self, DerivedModel};
-use ldct_imaging::dicom::parse_dicom_bytes;
+use ldct_imaging::dicom::parse_dicom_bytes_within;
 use ldct_imaging::instance::{self, CtInstance, InstanceError};
+use ldct_imaging::limits::SliceLimits;
 use ldct_imaging::ImagingError;
 use ndarray::Array2;
 
@@ -110,6 +111,7 @@ fn instance_reason(e: &InstanceError) -> FailureReason {
         InstanceError::NotCt { .. } | InstanceError::MultiFrame(_) => {
             FailureReason::SopClassNotSupported
         }
+        InstanceError::TooLarge(_) => FailureReason::ProcessingFailure,
     }
 }
 
@@ -129,6 +131,7 @@ pub fn decode_part(
     body: &[u8],
     media_type: Option<&MediaType>,
     expected_study: Option<&str>,
+    limits: &SliceLimits,
 ) -> Result<CtInstance, Rejected> {
     if let Some(mt) = media_type {
         if !matches!(
@@ -147,7 +150,7 @@ pub fn decode_part(
             "the part is empty",
         ));
     }
-    let obj = parse_dicom_bytes(body)
+    let obj = parse_dicom_bytes_within(body, limits.max_data_set_bytes())
         .map_err(|e| Rejected::unknown(imaging_reason(&e), e.to_string()))?;
     let (sop_class_uid, sop_instance_uid) = instance::sop_uids(&obj);
     let reject = |reason, message: String| Rejected {
@@ -176,7 +179,7 @@ pub fn decode_part(
                 .into(),
         ));
     }
-    instance::decode_ct_object(obj).map_err(|e| reject(instance_reason(&e), e.to_string()))
+    instance::decode_ct_object(obj, limits).map_err(|e| reject(instance_reason(&e), e.to_string()))
 }
 
 /// How many slices one chunk queues at once: room for other requests in the queue,

@@ -95,7 +95,8 @@ impl DicomWeb {
             .jobs_dir
             .clone()
             .unwrap_or_else(|| config.spool_dir.join("jobs"));
-        let jobs = Jobs::open(&jobs_dir, config.jobs_keep)?;
+        let jobs = Jobs::open(&jobs_dir, config.jobs_keep)?
+            .with_max_active(config.max_active_jobs as usize);
         let retry_min = Duration::from_secs_f64(config.pacs_retry_min);
         Ok(Some(DicomWeb {
             pacs,

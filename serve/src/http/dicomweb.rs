@@ -44,7 +44,7 @@ pub struct StowQuery {
 
 fn multipart_error(e: MultipartError) -> ServeError {
     match e {
-        MultipartError::NotMultipart(ct) => ServeError::UnsupportedMediaType(format!(
+        MultipartError::NotMultipart(ct, _) => ServeError::UnsupportedMediaType(format!(
             "Content-Type {:?}: STOW-RS needs multipart/related; type=\"application/dicom\"",
             if ct.is_empty() { "none" } else { &ct }
         )),
@@ -110,7 +110,7 @@ async fn receive(
         Some(v) => crate::inference::pixels::check_strength(v)?,
         None => state.strength,
     };
-    let body = read_body(&req, payload, dw.max_body_bytes).await?;
+    let body = read_body(&req, payload, dw.max_body_bytes, state.limits.body_timeout).await?;
     if body.is_empty() {
         return Err(ServeError::EmptyBody);
     }
@@ -122,11 +122,17 @@ async fn receive(
     while parts.peek().is_some() {
         let batch: Vec<_> = parts.by_ref().take(chunk).collect();
         let expected = study.clone();
+        let slice = state.limits.slice;
         let decoded = web::block(move || {
             batch
                 .iter()
                 .map(|p| {
-                    process::decode_part(&p.body, p.media_type().as_ref(), expected.as_deref())
+                    process::decode_part(
+                        &p.body,
+                        p.media_type().as_ref(),
+                        expected.as_deref(),
+                        &slice,
+                    )
                 })
                 .collect::<Vec<_>>()
         })

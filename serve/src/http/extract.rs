@@ -2,6 +2,8 @@
 //! extractors' errors (in the body form of the route), the media type and the whole
 //! body under a size limit.
 
+use std::time::Duration;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
@@ -43,12 +45,18 @@ pub fn media_type(req: &HttpRequest) -> String {
         .unwrap_or_default()
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (413) — early from the
-/// Content-Length when it is declared.
+/// Most bytes reserved up front from a declared Content-Length (the client's word, not
+/// yet the data): larger bodies grow the buffer as bytes actually arrive.
+const MAX_PRESIZE: usize = 1 << 20;
+
+/// Reads the whole body, refusing more than `limit` bytes (413; early from the
+/// Content-Length when it is declared) and a body not received within `timeout` (408):
+/// every byte counts, headers of multipart parts included.
 pub async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
+    timeout: Duration,
 ) -> Result<web::Bytes, ServeError> {
     let declared = req
         .headers()
@@ -58,7 +66,20 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ServeError::PayloadTooLarge { limit });
     }
-    let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    let capacity = declared.unwrap_or(0).min(MAX_PRESIZE);
+    tokio::time::timeout(timeout, collect(payload, limit, capacity))
+        .await
+        .map_err(|_| ServeError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        })?
+}
+
+async fn collect(
+    mut payload: web::Payload,
+    limit: usize,
+    capacity: usize,
+) -> Result<web::Bytes, ServeError> {
+    let mut buf = web::BytesMut::with_capacity(capacity);
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| ServeError::BadRequest(format!("cannot read the body: {e}")))?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::middleware::only;
 use crate::error::ServeError;
 use crate::inference::pixels;
-use crate::jobs::store::is_job_id;
+use crate::jobs::store::{is_job_id, JobsError};
 use crate::state::AppState;
 
 /// The scope of the pull-job routes.
@@ -66,7 +66,10 @@ pub async fn create(
     let (job, created) = dw
         .jobs
         .submit(&study, series, model.name(), strength)
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            JobsError::TooManyActive { max } => ServeError::TooManyJobs { max },
+            e => ServeError::Internal(e.to_string()),
+        })?;
     if created {
         tracing::info!(job = %job.id, model = model.name(), "pull job queued");
     }

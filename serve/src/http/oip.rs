@@ -66,13 +66,20 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "live": true }))
 }
 
-/// `GET /v2/health/ready`: 200 when at least one model is loaded, else 503.
+/// `GET /v2/health/ready`: 200 when at least one model is loaded and inference is not
+/// stalled (no queued slice older than the request timeout, not every inference thread
+/// stuck in one run for longer), else 503 saying why.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.registry.is_empty() {
+    let unready = |why: String| {
         HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(json!({
             "ready": false,
-            "error": "no model is loaded",
+            "error": why,
         }))
+    };
+    if state.registry.is_empty() {
+        unready("no model is loaded".into())
+    } else if let Some(why) = state.batcher.stalled(state.limits.request_timeout) {
+        unready(why)
     } else {
         HttpResponse::Ok().json(json!({ "ready": true }))
     }
@@ -198,11 +205,21 @@ async fn run_infer(
                 })?,
         ),
     };
-    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+    let body = read_body(
+        &req,
+        payload,
+        state.limits.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await?;
     let model = find(&state, &name, version.as_deref())?;
     let m = model.clone();
+    let limits = tensor::RequestLimits {
+        slice: state.limits.slice,
+        max_slices: state.batcher.config().queue_capacity,
+    };
     let (input, mut prepared) = web::block(move || -> Result<_, ServeError> {
-        let input = tensor::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME)?;
+        let input = tensor::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME, &limits)?;
         let (h, w) = (input.h, input.w);
         let padding = m.padding();
         let prepared: Vec<Prepared> = input

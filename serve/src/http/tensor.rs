@@ -13,7 +13,10 @@
 //! in, like `/v1/denoise`). The request parameter `"strength"` (a number in [0, 1])
 //! sets the denoising strength, as `?strength=` does for `/v1/denoise`.
 
+use ldct_imaging::limits::SliceLimits;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ServeError;
@@ -39,8 +42,10 @@ pub struct InputTensor {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
+    /// The data as its JSON text, flattened into floats only after the shape is checked
+    /// (a JSON tree of a large array would cost tens of times its size).
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,35 +108,88 @@ fn flag(params: Option<&Map<String, Value>>, key: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Flattens JSON tensor data (a flat or nested row-major array of numbers).
-fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<(), ServeError> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| flatten(i, out)),
-        Value::Number(n) => {
-            let f = n
-                .as_f64()
-                .ok_or_else(|| bad(format!("{n} is not a number")))?;
-            out.push(f as f32);
-            Ok(())
+/// Flattens JSON tensor data (a flat or nested row-major array of numbers) straight
+/// from its text into at most `max` floats, with no JSON tree in between.
+fn flatten(raw: &RawValue, max: usize) -> Result<Vec<f32>, ServeError> {
+    let mut out = Vec::with_capacity(max.min(1 << 20));
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Flat { out: &mut out, max }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| bad(format!("tensor data: {e}")))?;
+    Ok(out)
+}
+
+/// Numbers and arrays of them, pushed in order onto `out` (at most `max`).
+struct Flat<'a> {
+    out: &'a mut Vec<f32>,
+    max: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Flat<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flat<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers, in a flat or nested array")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        if self.out.len() >= self.max {
+            return Err(E::custom(format!(
+                "more values than the {} the shape declares",
+                self.max
+            )));
         }
-        other => Err(bad(format!(
-            "tensor data must be numbers, found {}",
-            match other {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::String(_) => "a string",
-                _ => "an object",
-            }
-        ))),
+        self.out.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Flat { out, max } = self;
+        while seq
+            .next_element_seed(Flat {
+                out: &mut *out,
+                max,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 
 /// Splits and decodes a request body (`json_len`: the header's value, if any).
+/// What a request may hold: the largest slice and the most slices at once (the
+/// inference queue's capacity: more could never be admitted).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub slice: SliceLimits,
+    pub max_slices: usize,
+}
+
+/// Splits and decodes a request body (`json_len`: the header's value, if any). The
+/// shape is checked against `limits` before any tensor data is decoded.
 pub fn decode_request(
     body: &[u8],
     json_len: Option<usize>,
     input_name: &str,
     output_name: &str,
+    limits: &RequestLimits,
 ) -> Result<DecodedInput, ServeError> {
     if body.is_empty() {
         return Err(ServeError::EmptyBody);
@@ -179,6 +237,13 @@ pub fn decode_request(
         )));
     }
     let (n, h, w) = (*n as usize, *h as usize, *w as usize);
+    limits.slice.check(h, w)?;
+    if n > limits.max_slices {
+        return Err(ServeError::TooManySlices {
+            slices: n,
+            capacity: limits.max_slices,
+        });
+    }
     let count = n
         .checked_mul(h)
         .and_then(|v| v.checked_mul(w))
@@ -224,8 +289,7 @@ pub fn decode_request(
                 .data
                 .as_ref()
                 .ok_or_else(|| bad("the input has neither data nor binary_data_size"))?;
-            let mut flat = Vec::with_capacity(count);
-            flatten(v, &mut flat)?;
+            let flat = flatten(v, count)?;
             if flat.len() != count {
                 return Err(bad(format!(
                     "{} values for shape {:?} ({count} expected)",
@@ -330,6 +394,11 @@ pub fn encode_response(
 mod tests {
     use super::*;
 
+    const LIMITS: RequestLimits = RequestLimits {
+        slice: SliceLimits::CT,
+        max_slices: 64,
+    };
+
     fn json_request(data: Value, shape: &[i64]) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
             "id": "r1",
@@ -342,7 +411,7 @@ mod tests {
     #[test]
     fn json_tensors_flat_or_nested() {
         let body = json_request(serde_json::json!([0.5, -0.25, 1.0, 0.0]), &[1, 1, 2, 2]);
-        let d = decode_request(&body, None, "input", "output").unwrap();
+        let d = decode_request(&body, None, "input", "output", &LIMITS).unwrap();
         assert_eq!((d.n, d.h, d.w), (1, 2, 2));
         assert_eq!(d.data, vec![0.5, -0.25, 1.0, 0.0]);
         assert_eq!(d.id.as_deref(), Some("r1"));
@@ -353,7 +422,9 @@ mod tests {
             &[1, 1, 2, 2],
         );
         assert_eq!(
-            decode_request(&body, None, "input", "output").unwrap().data,
+            decode_request(&body, None, "input", "output", &LIMITS)
+                .unwrap()
+                .data,
             vec![0.5, -0.25, 1.0, 0.0]
         );
     }
@@ -370,7 +441,7 @@ mod tests {
         for v in [1.0f32, 2.0, -3.0, 4.5] {
             body.extend_from_slice(&v.to_le_bytes());
         }
-        let d = decode_request(&body, Some(header.len()), "input", "output").unwrap();
+        let d = decode_request(&body, Some(header.len()), "input", "output", &LIMITS).unwrap();
         assert_eq!(d.data, vec![1.0, 2.0, -3.0, 4.5]);
         assert_eq!(d.n, 2);
         assert!(d.binary_output);
@@ -380,10 +451,11 @@ mod tests {
             &body[..body.len() - 1],
             Some(header.len()),
             "input",
-            "output"
+            "output",
+            &LIMITS
         )
         .is_err());
-        assert!(decode_request(&body, None, "input", "output").is_err());
+        assert!(decode_request(&body, None, "input", "output", &LIMITS).is_err());
     }
 
     #[test]
@@ -411,13 +483,13 @@ mod tests {
             (Vec::new(), 400),
         ];
         for (body, status) in cases {
-            let e = decode_request(&body, None, "input", "output").unwrap_err();
+            let e = decode_request(&body, None, "input", "output", &LIMITS).unwrap_err();
             assert_eq!(e.status().as_u16(), status, "{e}");
         }
         let mut nan = b"{\"inputs\":[{\"name\":\"input\",\"shape\":[1,1,1,1],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":4}}]}".to_vec();
         let n = nan.len();
         nan.extend_from_slice(&f32::NAN.to_le_bytes());
-        let e = decode_request(&nan, Some(n), "input", "output").unwrap_err();
+        let e = decode_request(&nan, Some(n), "input", "output", &LIMITS).unwrap_err();
         assert_eq!(e.status().as_u16(), 422);
     }
 

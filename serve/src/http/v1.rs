@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use actix_multipart::Multipart;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use ldct_imaging::derived::{self, DerivedModel};
 use ldct_imaging::dicom::{DefaultDicomObject, DicomMeta};
 use ldct_imaging::instance::{self, CtInstance};
+use ldct_imaging::limits::SliceLimits;
 use ldct_imaging::metrics::{quality, Quality};
 use ldct_imaging::noise::estimate_noise_hu;
 use ldct_imaging::npy::{self, NpyDtype};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{media_type, read_body};
 use super::middleware::only;
+use crate::dicomweb::multipart::{self, MultipartError};
 use crate::error::ServeError;
 use crate::inference::model::LoadedModel;
 use crate::inference::{pipeline, pixels};
@@ -77,21 +77,23 @@ struct Slice {
 }
 
 /// Decodes a .npy body: float32 or int16 HU, 2-D.
-fn decode_npy(bytes: &[u8]) -> Result<Array2<f32>, ServeError> {
-    let arr = npy::parse(bytes)?;
-    if !matches!(arr.dtype, NpyDtype::F32 | NpyDtype::I16) {
+/// Dtype, dimensions and size are checked from the header before the data is decoded.
+fn decode_npy(bytes: &[u8], limits: &SliceLimits) -> Result<Array2<f32>, ServeError> {
+    let head = npy::header(bytes)?;
+    if !matches!(head.dtype, NpyDtype::F32 | NpyDtype::I16) {
         return Err(ServeError::UnsupportedDtype(format!(
             ".npy dtype {}; send float32 or int16 HU",
-            arr.dtype.name()
+            head.dtype.name()
         )));
     }
-    if arr.shape.len() != 2 {
+    let &[rows, cols] = head.shape.as_slice() else {
         return Err(ServeError::UnsupportedShape(format!(
             ".npy shape {:?}: send one slice as a 2-D array [H, W]",
-            arr.shape
+            head.shape
         )));
-    }
-    let img = arr.into_image()?;
+    };
+    limits.check(rows, cols)?;
+    let img = npy::parse(bytes)?.into_image()?;
     if !img.iter().all(|v| v.is_finite()) {
         return Err(ServeError::NonFinite);
     }
@@ -99,8 +101,8 @@ fn decode_npy(bytes: &[u8]) -> Result<Array2<f32>, ServeError> {
 }
 
 /// Decodes a DICOM body: a single-frame CT image.
-fn decode_dicom(bytes: &[u8]) -> Result<Slice, ServeError> {
-    let CtInstance { obj, meta, hu } = instance::decode_ct(bytes)?;
+fn decode_dicom(bytes: &[u8], limits: &SliceLimits) -> Result<Slice, ServeError> {
+    let CtInstance { obj, meta, hu } = instance::decode_ct(bytes, limits)?;
     Ok(Slice {
         hu,
         dicom: Some((obj, meta)),
@@ -108,17 +110,17 @@ fn decode_dicom(bytes: &[u8]) -> Result<Slice, ServeError> {
 }
 
 /// Sniffs an uploaded part: .npy by its magic, anything else as DICOM.
-fn decode_any(bytes: &[u8]) -> Result<Slice, ServeError> {
+fn decode_any(bytes: &[u8], limits: &SliceLimits) -> Result<Slice, ServeError> {
     if bytes.is_empty() {
         return Err(ServeError::EmptyBody);
     }
     if bytes.starts_with(b"\x93NUMPY") {
         Ok(Slice {
-            hu: decode_npy(bytes)?,
+            hu: decode_npy(bytes, limits)?,
             dicom: None,
         })
     } else {
-        decode_dicom(bytes)
+        decode_dicom(bytes, limits)
     }
 }
 
@@ -153,19 +155,26 @@ pub async fn denoise(
             )))
         }
     };
-    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+    let body = read_body(
+        &req,
+        payload,
+        state.limits.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await?;
     if body.is_empty() {
         return Err(ServeError::EmptyBody);
     }
     let model = state.registry.get(query.model.as_deref())?;
     let strength = query.strength(&state)?;
 
+    let limits = state.limits.slice;
     let slice = web::block(move || -> Result<_, ServeError> {
         if is_dicom {
-            decode_dicom(&body)
+            decode_dicom(&body, &limits)
         } else {
             Ok(Slice {
-                hu: decode_npy(&body)?,
+                hu: decode_npy(&body, &limits)?,
                 dicom: None,
             })
         }
@@ -286,6 +295,9 @@ pub struct EvaluateReport {
 
 const INPUT_FIELDS: [&str; 4] = ["input", "low_dose", "low-dose", "lowdose"];
 const REFERENCE_FIELDS: [&str; 4] = ["reference", "full_dose", "full-dose", "fulldose"];
+/// Most parts of an evaluate request (two are used; a few more, e.g. a form's submit
+/// field, are tolerated).
+const MAX_EVALUATE_PARTS: usize = 8;
 
 /// `POST /v1/evaluate?model=NAME`: multipart/form-data with parts `input` (the low-dose
 /// slice) and `reference`, each a DICOM file or a .npy array in HU.
@@ -295,40 +307,35 @@ pub async fn evaluate(
     query: web::Query<ModelQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ServeError> {
-    if media_type(&req) != "multipart/form-data" {
-        return Err(ServeError::UnsupportedMediaType(
-            "send multipart/form-data with parts \"input\" and \"reference\"".into(),
-        ));
-    }
-    let limit = state.limits.max_body_bytes;
-    if req
+    let content_type = req
         .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > limit)
-    {
-        return Err(ServeError::PayloadTooLarge { limit });
-    }
-    let mut multipart = Multipart::new(req.headers(), payload.into_inner());
+        .unwrap_or("");
+    let (_, boundary) =
+        multipart::multipart(content_type, "multipart/form-data").map_err(|e| match e {
+            MultipartError::NotMultipart(..) => ServeError::UnsupportedMediaType(
+                "send multipart/form-data with parts \"input\" and \"reference\"".into(),
+            ),
+            e => ServeError::InvalidMultipart(e.to_string()),
+        })?;
+    // The whole body, part headers and all, counts against the limit and the deadline.
+    let body = read_body(
+        &req,
+        payload,
+        state.limits.max_body_bytes,
+        state.limits.body_timeout,
+    )
+    .await?;
+    let parts = multipart::parse(&body, &boundary, MAX_EVALUATE_PARTS)
+        .map_err(|e| ServeError::InvalidMultipart(e.to_string()))?;
     let (mut input, mut reference) = (None, None);
-    let mut total = 0usize;
-    while let Some(field) = multipart.next().await {
-        let mut field = field.map_err(|e| ServeError::InvalidMultipart(e.to_string()))?;
-        let name = field.name().unwrap_or("").to_ascii_lowercase();
-        let mut data = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| ServeError::InvalidMultipart(e.to_string()))?;
-            total += chunk.len();
-            if total > limit {
-                return Err(ServeError::PayloadTooLarge { limit });
-            }
-            data.extend_from_slice(&chunk);
-        }
+    for part in parts {
+        let name = part.form_name().unwrap_or_default().to_ascii_lowercase();
         if INPUT_FIELDS.contains(&name.as_str()) {
-            input = Some(data);
+            input = Some(part.body);
         } else if REFERENCE_FIELDS.contains(&name.as_str()) {
-            reference = Some(data);
+            reference = Some(part.body);
         }
     }
     let (Some(input), Some(reference)) = (input, reference) else {
@@ -338,9 +345,10 @@ pub async fn evaluate(
     };
     let model = state.registry.get(query.model.as_deref())?;
     let strength = query.strength(&state)?;
+    let limits = state.limits.slice;
     let (low, full) = web::block(move || -> Result<_, ServeError> {
-        let low = decode_any(&input)?.hu;
-        let full = decode_any(&reference)?.hu;
+        let low = decode_any(&input, &limits)?.hu;
+        let full = decode_any(&reference, &limits)?.hu;
         if low.dim() != full.dim() {
             return Err(ServeError::UnsupportedShape(format!(
                 "input {:?} and reference {:?} differ in size",

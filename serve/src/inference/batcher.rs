@@ -63,6 +63,8 @@ struct Job {
 struct State {
     queue: VecDeque<Job>,
     closed: bool,
+    /// When each inference thread started the batch it runs (`None`: idle).
+    running: Vec<Option<Instant>>,
 }
 
 struct Shared {
@@ -97,6 +99,7 @@ impl Batcher {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
+                running: vec![None; cfg.workers],
             }),
             wake: Condvar::new(),
             cfg,
@@ -163,6 +166,40 @@ impl Batcher {
         Ok(rx)
     }
 
+    /// Why inference is stalled, if it is: the oldest queued slice has waited longer
+    /// than `limit`, or every inference thread has been running one batch for longer
+    /// than `limit` (a model run that hangs). Readiness reports it, so an orchestrator
+    /// stops sending requests that could only time out.
+    pub fn stalled(&self, limit: Duration) -> Option<String> {
+        let st = self.shared.lock();
+        let now = Instant::now();
+        if let Some(head) = st.queue.front() {
+            let waited = now.saturating_duration_since(head.enqueued);
+            if waited > limit {
+                return Some(format!(
+                    "the oldest queued slice has waited {:.1} s, longer than the request \
+                     timeout of {:.1} s",
+                    waited.as_secs_f64(),
+                    limit.as_secs_f64()
+                ));
+            }
+        }
+        let busy: Vec<Duration> = st
+            .running
+            .iter()
+            .map(|r| r.map(|t| now.saturating_duration_since(t)))
+            .collect::<Option<_>>()?;
+        let shortest = busy.into_iter().min()?;
+        (shortest > limit).then(|| {
+            format!(
+                "every inference thread has been running one batch for over {:.1} s, longer \
+                 than the request timeout of {:.1} s",
+                shortest.as_secs_f64(),
+                limit.as_secs_f64()
+            )
+        })
+    }
+
     /// Slices waiting now.
     pub fn queue_len(&self) -> usize {
         self.shared.lock().queue.len()
@@ -187,8 +224,9 @@ impl Drop for Batcher {
     }
 }
 
-/// Waits for the next batch to run; `None` once closed and drained.
-fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+/// Waits for the next batch to run (marking `worker` busy); `None` once closed and
+/// drained.
+fn next_batch(shared: &Shared, worker: usize) -> Option<Vec<Job>> {
     let cfg = shared.cfg;
     let mut st = shared.lock();
     loop {
@@ -230,6 +268,9 @@ fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
             if !st.queue.is_empty() {
                 shared.wake.notify_one();
             }
+            if let Some(r) = st.running.get_mut(worker) {
+                *r = Some(now);
+            }
             return Some(batch);
         }
         st = shared
@@ -241,8 +282,11 @@ fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
 }
 
 fn worker_loop(shared: &Shared, worker: usize) {
-    while let Some(batch) = next_batch(shared) {
+    while let Some(batch) = next_batch(shared, worker) {
         run_batch(worker, batch);
+        if let Some(r) = shared.lock().running.get_mut(worker) {
+            *r = None;
+        }
     }
 }
 
@@ -365,6 +409,36 @@ mod tests {
 
     fn block<T>(rx: oneshot::Receiver<T>) -> T {
         rx.blocking_recv().expect("reply")
+    }
+
+    #[test]
+    fn a_hung_model_run_is_reported_as_stalled_then_clears() {
+        let b = Batcher::start(cfg(1, 0, 8)).unwrap();
+        let limit = Duration::from_millis(100);
+        assert_eq!(b.stalled(limit), None);
+        let slow = Fake::new(1, 600);
+        let first = b.submit(slow.clone(), 1, 1, vec![1.0]).unwrap();
+        let queued = b.submit(slow.clone(), 1, 1, vec![2.0]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // The only thread is in a 600 ms run, and the second slice waits behind it.
+        let why = b.stalled(limit).expect("stalled");
+        assert!(why.contains("waited") || why.contains("running"), "{why}");
+        assert_eq!(block(first).unwrap(), vec![2.0]);
+        assert_eq!(block(queued).unwrap(), vec![4.0]);
+        // The thread marks itself idle just after replying.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.stalled(limit).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(b.stalled(limit), None);
+        // A short run is not a stall.
+        let quick = Fake::new(2, 0);
+        assert_eq!(
+            block(b.submit(quick, 1, 1, vec![1.0]).unwrap()).unwrap(),
+            vec![2.0]
+        );
+        assert_eq!(b.stalled(limit), None);
+        b.shutdown();
     }
 
     #[test]

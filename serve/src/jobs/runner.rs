@@ -73,6 +73,14 @@ async fn run_job(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> bool {
     }
 }
 
+/// A failed PACS call as the job's error: what was asked and the kind and status of
+/// the failure, never the PACS's own message (it may name studies or patients, and
+/// callers of `GET /v1/jobs/{id}` read the job), which goes to the debug log.
+fn pacs_failure(id: &str, what: &str, e: &PacsError) -> String {
+    tracing::debug!(job = %id, error = %e, "{what} failed");
+    format!("{what}: {}", e.summary())
+}
+
 /// Retries a PACS call on transient errors (1, 2, 4, 8 s).
 async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, PacsError>
 where
@@ -115,7 +123,7 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
 
     let found = with_retries(|| client.find_ct_series(&study, job.series_instance_uid.as_deref()))
         .await
-        .map_err(|e| format!("QIDO-RS search of the study's CT series: {e}"))?;
+        .map_err(|e| pacs_failure(id, "QIDO-RS search of the study's CT series", &e))?;
     let series: Vec<_> = found
         .into_iter()
         .filter(|s| {
@@ -145,7 +153,7 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
         let uid = s.series_instance_uid.clone();
         let parts = with_retries(|| client.retrieve_series(&study, &uid))
             .await
-            .map_err(|e| format!("WADO-RS retrieval of series {uid}: {e}"))?;
+            .map_err(|e| pacs_failure(id, &format!("WADO-RS retrieval of series {uid}"), &e))?;
         let n = parts.len();
         dw.jobs.update(id, |j| {
             j.progress.total =
@@ -231,10 +239,11 @@ async fn denoise_chunk(
     loop {
         let batch: Vec<Bytes> = todo.iter().map(|&i| parts[i].clone()).collect();
         let expected = study.to_owned();
+        let slice = state.limits.slice;
         let decoded = match web::block(move || {
             batch
                 .iter()
-                .map(|b| process::decode_part(b, None, Some(&expected)))
+                .map(|b| process::decode_part(b, None, Some(&expected), &slice))
                 .collect::<Vec<_>>()
         })
         .await

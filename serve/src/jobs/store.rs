@@ -195,6 +195,8 @@ impl Job {
 pub enum JobsError {
     #[error("jobs folder {path}: {message}")]
     Io { path: String, message: String },
+    #[error("{max} pull jobs are already queued or running (--max-active-jobs); retry later")]
+    TooManyActive { max: usize },
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> JobsError {
@@ -208,6 +210,8 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> JobsError {
 pub struct Jobs {
     dir: PathBuf,
     keep: Keep,
+    /// Most jobs queued, running or pushing at once ([`Jobs::with_max_active`]).
+    max_active: usize,
     jobs: Mutex<BTreeMap<String, Job>>,
     tx: mpsc::UnboundedSender<String>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -243,6 +247,7 @@ impl Jobs {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let jobs = Jobs {
+            max_active: usize::MAX,
             dir: dir.to_path_buf(),
             keep,
             jobs: Mutex::new(BTreeMap::new()),
@@ -372,6 +377,13 @@ impl Jobs {
         durable::write_atomic(&tmp, &path, &json).map_err(|e| io_err(&path, e))
     }
 
+    /// Caps the jobs queued, running or pushing at once: a new job beyond it is refused
+    /// ([`JobsError::TooManyActive`]); jobs resumed at start are never refused.
+    pub fn with_max_active(mut self, max: usize) -> Jobs {
+        self.max_active = max.max(1);
+        self
+    }
+
     /// A new queued job, or the active one for the same study, series, model and
     /// strength. `true` when it is new.
     pub fn submit(
@@ -390,6 +402,11 @@ impl Jobs {
                 && j.strength == strength
         }) {
             return Ok((j.clone(), false));
+        }
+        if jobs.values().filter(|j| j.state.is_active()).count() >= self.max_active {
+            return Err(JobsError::TooManyActive {
+                max: self.max_active,
+            });
         }
         let now = Utc::now();
         let job = Job {
@@ -585,6 +602,28 @@ mod tests {
         assert_eq!(jobs.apply_retention_at(later), 1);
         assert!(jobs.get(&old).is_none() && !dir.path().join(format!("{old}.json")).exists());
         assert!(jobs.get(&new).is_some() && jobs.get(&active).is_some());
+    }
+
+    #[test]
+    fn active_jobs_are_capped_and_a_repeat_joins_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(dir.path(), Keep::default())
+            .unwrap()
+            .with_max_active(2);
+        let a = jobs.submit("1.2.1", None, "tiny", 1.0).unwrap();
+        assert!(a.1);
+        assert!(jobs.submit("1.2.2", None, "tiny", 1.0).unwrap().1);
+        assert!(matches!(
+            jobs.submit("1.2.3", None, "tiny", 1.0),
+            Err(JobsError::TooManyActive { max: 2 })
+        ));
+        // The same study again is the active job, not a new one.
+        let again = jobs.submit("1.2.1", None, "tiny", 1.0).unwrap();
+        assert_eq!((again.0.id, again.1), (a.0.id.clone(), false));
+        // A finished job frees its place.
+        jobs.update(&a.0.id, |j| j.state = JobState::Succeeded);
+        assert!(jobs.submit("1.2.3", None, "tiny", 1.0).unwrap().1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -212,6 +212,8 @@ pub fn state(models: &Path, o: Options) -> AppState {
         strength: 1.0,
         limits: Limits {
             max_body_bytes: o.max_body_bytes,
+            body_timeout: std::time::Duration::from_secs(60),
+            slice: ldct_imaging::limits::SliceLimits::CT,
             request_timeout: o.timeout,
             api_token: o.token.map(Arc::from),
         },
