@@ -555,6 +555,51 @@ async fn pull_jobs_are_accepted_persisted_and_reported() {
 }
 
 #[actix_web::test]
+async fn a_reused_sop_instance_uid_with_other_pixels_is_a_failure_not_a_silent_drop() {
+    let models = tiny_models();
+    let spool = tempfile::tempdir().unwrap();
+    let svc = test::init_service(app(dw_state(models.path(), spool.path(), &[]))).await;
+    let ct = file("CT_small.dcm");
+    // The same instance with other pixel data: same UIDs, another image.
+    let mut obj = ldct_imaging::dicom::parse_dicom_bytes(&ct).unwrap();
+    let pixels = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .into_owned();
+    let flipped: Vec<u8> = pixels.iter().map(|b| b ^ 0x05).collect();
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        dicom_core::VR::OW,
+        dicom_core::PrimitiveValue::from(flipped),
+    ));
+    let mut other = Vec::new();
+    obj.write_all(&mut other).unwrap();
+    let store = |part: Bytes| {
+        let (ctype, body) = stow_body(&[part]);
+        stow_request("/dicomweb/studies?model=tiny", &ctype, body).to_request()
+    };
+    let res = test::call_service(&svc, store(ct.clone())).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // A retry of the same instance is a success again (idempotent), nothing added.
+    let res = test::call_service(&svc, store(ct.clone())).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(spooled(spool.path()).len(), 1);
+    // The other pixels under the same SOP Instance UID: refused with a reason.
+    let res = test::call_service(&svc, store(Bytes::from(other))).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT, "every instance failed");
+    let v = json_of(res).await;
+    let failed = seq(&v, "00081198");
+    assert_eq!(failed.len(), 1, "{v:#}");
+    assert_eq!(first(failed[0], "00081197").as_u64(), Some(0x0110));
+    assert!(v.to_string().contains("other pixel data"), "{v:#}");
+    // The first copy is what stays queued.
+    let files = spooled(spool.path());
+    assert_eq!(files.len(), 1);
+}
+
+#[actix_web::test]
 async fn pull_jobs_beyond_max_active_jobs_get_429_with_retry_after() {
     let models = tiny_models();
     let spool = tempfile::tempdir().unwrap();
@@ -690,8 +735,10 @@ async fn the_push_worker_retries_then_files_away_what_the_pacs_refuses() {
 
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path(), 1 << 20).unwrap());
-    spool.enqueue("1.2.3", b"first instance").unwrap();
-    spool.enqueue("1.2.4", b"second instance").unwrap();
+    spool.enqueue("1.2.3", b"first instance", &[1; 32]).unwrap();
+    spool
+        .enqueue("1.2.4", b"second instance", &[2; 32])
+        .unwrap();
     let pacs = PacsConfig::new(
         &format!("http://127.0.0.1:{port}/dw/"),
         PacsAuth::Bearer("t0k".into()),

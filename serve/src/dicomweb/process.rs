@@ -17,7 +17,7 @@ use ldct_imaging::ImagingError;
 use ndarray::Array2;
 
 use super::multipart::MediaType;
-use super::spool::{Spool, SpoolError};
+use super::spool::{ContentKey, Spool, SpoolError};
 use crate::error::ServeError;
 use crate::inference::batcher::Batcher;
 use crate::inference::model::LoadedModel;
@@ -182,6 +182,18 @@ pub fn decode_part(
     instance::decode_ct_object(obj, limits).map_err(|e| reject(instance_reason(&e), e.to_string()))
 }
 
+/// The spool's content key of a source slice: a SHA-256 of its HU (shape and values).
+fn content_key(hu: &Array2<f32>) -> ContentKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let (rows, cols) = hu.dim();
+    h.update((rows as u64).to_le_bytes());
+    h.update((cols as u64).to_le_bytes());
+    let values: Vec<u8> = hu.iter().flat_map(|v| v.to_le_bytes()).collect();
+    h.update(&values);
+    h.finalize().into()
+}
+
 /// How many slices one chunk queues at once: room for other requests in the queue,
 /// several batches' worth.
 pub fn chunk_size(batcher: &Batcher) -> usize {
@@ -302,12 +314,12 @@ pub async fn denoise_and_spool(
                 let d = derived::derive(&src.obj, &src.meta, &hu, dm)
                     .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
                 spool
-                    .enqueue(&d.sop_instance_uid, &d.bytes)
+                    .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))
                     .map_err(|e| match e {
                         SpoolError::Full { .. } | SpoolError::Io(_) => {
                             (FailureReason::OutOfResources, e.to_string())
                         }
-                        SpoolError::InvalidUid(_) => {
+                        SpoolError::InvalidUid(_) | SpoolError::Conflict(_) => {
                             (FailureReason::ProcessingFailure, e.to_string())
                         }
                     })?;

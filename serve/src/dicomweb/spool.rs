@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -39,7 +39,16 @@ pub enum SpoolError {
     Io(String),
     #[error("{0:?} is not a valid SOP Instance UID")]
     InvalidUid(String),
+    #[error(
+        "an instance with SOP Instance UID {0} but other pixel data is already waiting in the \
+         spool: one of the two sources reuses a SOP Instance UID; not stored"
+    )]
+    Conflict(String),
 }
+
+/// What an instance's content is (a SHA-256 of its source pixels): the same SOP
+/// Instance UID queued again with another key is a [`SpoolError::Conflict`].
+pub type ContentKey = [u8; 32];
 
 /// A queued instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +82,9 @@ struct Inner {
     queue: BTreeMap<u64, Entry>,
     by_sop: HashMap<String, u64>,
     writing: HashSet<String>,
+    /// The content key of each instance queued or being written since the spool opened
+    /// (instances found on disk at start have none: a repeat of them is not checked).
+    keys: HashMap<String, ContentKey>,
     failed: HashMap<String, String>,
     /// Queued + being written + failed.
     bytes: u64,
@@ -86,6 +98,8 @@ pub struct Spool {
     max_bytes: u64,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Signalled when a write finishes (a second enqueue of the same UID waits for it).
+    written: Condvar,
 }
 
 impl std::fmt::Debug for Spool {
@@ -180,6 +194,7 @@ impl Spool {
             max_bytes,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            written: Condvar::new(),
         };
         spool.publish(&spool.lock());
         Ok(spool)
@@ -198,17 +213,31 @@ impl Spool {
     }
 
     /// Durably queues the derived instance `bytes` (blocking: writes and fsyncs).
-    pub fn enqueue(&self, sop_instance_uid: &str, bytes: &[u8]) -> Result<Enqueued, SpoolError> {
+    ///
+    /// The same SOP Instance UID again is [`Enqueued::AlreadyQueued`] when its `key`
+    /// matches (a retried request), a [`SpoolError::Conflict`] when it does not; while
+    /// the first copy is being written a second caller waits for that write, so it is
+    /// never told "queued" for a write that then fails.
+    pub fn enqueue(
+        &self,
+        sop_instance_uid: &str,
+        bytes: &[u8],
+        key: &ContentKey,
+    ) -> Result<Enqueued, SpoolError> {
         if !is_uid(sop_instance_uid) {
             return Err(SpoolError::InvalidUid(sop_instance_uid.to_owned()));
         }
         let len = bytes.len() as u64;
         let seq = {
             let mut inner = self.lock();
-            if inner.by_sop.contains_key(sop_instance_uid)
-                || inner.writing.contains(sop_instance_uid)
-            {
-                return Ok(Enqueued::AlreadyQueued);
+            while inner.writing.contains(sop_instance_uid) {
+                inner = self.written.wait(inner).unwrap_or_else(|p| p.into_inner());
+            }
+            if inner.by_sop.contains_key(sop_instance_uid) {
+                return match inner.keys.get(sop_instance_uid) {
+                    Some(k) if k != key => Err(SpoolError::Conflict(sop_instance_uid.to_owned())),
+                    _ => Ok(Enqueued::AlreadyQueued),
+                };
             }
             if inner.bytes + len > self.max_bytes {
                 return Err(SpoolError::Full {
@@ -226,6 +255,7 @@ impl Spool {
             }
             inner.bytes += len;
             inner.writing.insert(sop_instance_uid.to_owned());
+            inner.keys.insert(sop_instance_uid.to_owned(), *key);
             let seq = inner.next_seq;
             inner.next_seq += 1;
             seq
@@ -239,7 +269,9 @@ impl Spool {
         inner.writing.remove(sop_instance_uid);
         if let Err(e) = written {
             inner.bytes -= len;
+            inner.keys.remove(sop_instance_uid);
             drop(inner);
+            self.written.notify_all();
             return Err(e);
         }
         inner.by_sop.insert(sop_instance_uid.to_owned(), seq);
@@ -254,6 +286,7 @@ impl Spool {
         );
         self.publish(&inner);
         drop(inner);
+        self.written.notify_all();
         self.wake.notify_one();
         Ok(Enqueued::Added)
     }
@@ -290,6 +323,7 @@ impl Spool {
         let mut inner = self.lock();
         if inner.queue.remove(&entry.seq).is_some() {
             inner.by_sop.remove(&entry.sop_instance_uid);
+            inner.keys.remove(&entry.sop_instance_uid);
             inner.bytes -= entry.len;
         }
         self.publish(&inner);
@@ -312,6 +346,7 @@ impl Spool {
         let mut inner = self.lock();
         if inner.queue.remove(&entry.seq).is_some() {
             inner.by_sop.remove(&entry.sop_instance_uid);
+            inner.keys.remove(&entry.sop_instance_uid);
             inner
                 .failed
                 .insert(entry.sop_instance_uid.clone(), reason.to_owned());
@@ -349,19 +384,80 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A content key for tests that do not look at it.
+    const K: ContentKey = [7; 32];
+
+    #[test]
+    fn the_same_uid_with_other_content_is_a_conflict_not_a_silent_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1000).unwrap();
+        assert_eq!(
+            spool.enqueue("1.2.3", &[1; 40], &[1; 32]).unwrap(),
+            Enqueued::Added
+        );
+        // A retry of the same source: queued already, a success.
+        assert_eq!(
+            spool.enqueue("1.2.3", &[1; 40], &[1; 32]).unwrap(),
+            Enqueued::AlreadyQueued
+        );
+        // Another source under the same UID: refused, the first copy kept.
+        assert_eq!(
+            spool.enqueue("1.2.3", &[9; 40], &[9; 32]),
+            Err(SpoolError::Conflict("1.2.3".into()))
+        );
+        let batch = spool.next_batch(10, 1000);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(std::fs::read(&batch[0].path).unwrap(), vec![1; 40]);
+        // Once pushed and removed, the UID is free again.
+        spool.remove(&batch[0]);
+        assert_eq!(
+            spool.enqueue("1.2.3", &[9; 40], &[9; 32]).unwrap(),
+            Enqueued::Added
+        );
+    }
+
+    #[test]
+    fn concurrent_first_writes_of_one_uid_store_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), 1 << 20).unwrap());
+        let results: Vec<_> = (0..8)
+            .map(|_| {
+                let s = spool.clone();
+                std::thread::spawn(move || s.enqueue("1.2.3", &[4; 4096], &[4; 32]))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(results.iter().filter(|r| **r == Enqueued::Added).count(), 1);
+        assert_eq!(spool.depth(), 1);
+        assert_eq!(spool.bytes(), 4096);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("queue")).unwrap().count(),
+            1
+        );
+    }
 
     #[test]
     fn enqueue_dedupes_bounds_and_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 100).unwrap();
-        assert_eq!(spool.enqueue("1.2.3", &[1; 40]).unwrap(), Enqueued::Added);
         assert_eq!(
-            spool.enqueue("1.2.3", &[1; 40]).unwrap(),
+            spool.enqueue("1.2.3", &[1; 40], &K).unwrap(),
+            Enqueued::Added
+        );
+        assert_eq!(
+            spool.enqueue("1.2.3", &[1; 40], &K).unwrap(),
             Enqueued::AlreadyQueued
         );
-        assert_eq!(spool.enqueue("1.2.4", &[2; 40]).unwrap(), Enqueued::Added);
+        assert_eq!(
+            spool.enqueue("1.2.4", &[2; 40], &K).unwrap(),
+            Enqueued::Added
+        );
         assert!(matches!(
-            spool.enqueue("1.2.5", &[3; 40]),
+            spool.enqueue("1.2.5", &[3; 40], &K),
             Err(SpoolError::Full {
                 used: 80,
                 needed: 40,
@@ -369,7 +465,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            spool.enqueue("../x", &[3; 4]),
+            spool.enqueue("../x", &[3; 4], &K),
             Err(SpoolError::InvalidUid(_))
         ));
         assert_eq!(spool.depth(), 2);
@@ -391,7 +487,7 @@ mod tests {
         assert_eq!(uids, ["1.2.3", "1.2.4"], "oldest first");
         assert_eq!(std::fs::read(&batch[0].path).unwrap(), vec![1; 40]);
         // Sequence numbers continue after the reopen.
-        spool.enqueue("1.2.5", &[5; 10]).unwrap();
+        spool.enqueue("1.2.5", &[5; 10], &K).unwrap();
         assert_eq!(spool.next_batch(10, 1000)[2].seq, batch[1].seq + 1);
         // Batches are bounded by count and bytes, with at least one entry.
         assert_eq!(spool.next_batch(1, 1000).len(), 1);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
+use ldct_imaging::instance::is_uid;
 use tokio::sync::Semaphore;
 
 use super::store::{JobResult, JobState, Progress, SeriesResult};
@@ -130,6 +131,14 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
             job.series_instance_uid
                 .as_deref()
                 .is_none_or(|want| s.series_instance_uid == want)
+        })
+        // A UID goes into a WADO-RS URL only when it is one (digits and dots).
+        .filter(|s| {
+            let ok = is_uid(&s.series_instance_uid);
+            if !ok {
+                tracing::warn!(job = %id, "the PACS listed a series with an invalid Series Instance UID: skipped");
+            }
+            ok
         })
         // ldct's own output is not denoised again.
         .filter(|s| {
