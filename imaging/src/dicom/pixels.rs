@@ -244,6 +244,21 @@ fn to_hu(data: &[u8], fmt: &PixelFormat, bits: u16, bps: usize, r: Rescale) -> A
     Array2::from_shape_vec((fmt.rows, fmt.cols), v).expect("rows * cols samples")
 }
 
+/// The bytes of frame `f` among the fragments ([`frame_data`]), or a decode error.
+fn frame_of<'a>(
+    fragments: &[&'a [u8]],
+    table: &[u32],
+    fmt: &PixelFormat,
+    f: usize,
+) -> Result<Cow<'a, [u8]>> {
+    frame_data(fragments, table, fmt.frames, f).ok_or_else(|| {
+        ImagingError::DicomDecode(format!(
+            "frame {f}: cannot tell which of the {} fragments hold it",
+            fragments.len()
+        ))
+    })
+}
+
 fn decode_rle(
     fragments: &[&[u8]],
     table: &[u32],
@@ -251,12 +266,7 @@ fn decode_rle(
     f: usize,
     r: Rescale,
 ) -> Result<Array2<f32>> {
-    let data = frame_data(fragments, table, fmt.frames, f).ok_or_else(|| {
-        ImagingError::DicomDecode(format!(
-            "frame {f}: cannot tell which of the {} fragments hold it",
-            fragments.len()
-        ))
-    })?;
+    let data = frame_of(fragments, table, fmt, f)?;
     let bps = fmt.bytes_per_sample();
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         super::rle::decode_frame(&data, fmt.rows * fmt.cols, bps)
@@ -283,12 +293,7 @@ fn decode_raw_frame(
     f: usize,
     r: Rescale,
 ) -> Result<Array2<f32>> {
-    let data = frame_data(fragments, table, fmt.frames, f).ok_or_else(|| {
-        ImagingError::DicomDecode(format!(
-            "frame {f}: cannot tell which of the {} fragments hold it",
-            fragments.len()
-        ))
-    })?;
+    let data = frame_of(fragments, table, fmt, f)?;
     let need = fmt.frame_bytes();
     let samples = if codec == Codec::DeflatedFrames {
         Cow::Owned(inflate_frame(&data, need, f)?)
