@@ -33,6 +33,7 @@ pub mod png;
 pub mod raw;
 pub mod read;
 pub mod sample;
+pub mod untrusted;
 pub mod window;
 
 pub use error::{ImagingError, Result};

@@ -34,7 +34,8 @@
 //! deflated, encapsulated uncompressed, deflated image frames, RLE Lossless (8 / 16 / 32
 //! bits, our own decoder), JPEG baseline, extended (8-bit) and lossless (process 14, SV1)
 //! through jpeg-decoder, JPEG 2000 lossless / lossy (and HTJ2K if the codec handles the
-//! stream) through the pure-Rust openjp2 port. Lossy JPEG 2000 matches OpenJPEG (what
+//! stream) through OpenJPEG 2.5.3 (`openjpeg-sys`, built from its bundled C source; the
+//! pure-Rust openjp2 port aborted on a fuzzed file). Lossy JPEG 2000 matches OpenJPEG (what
 //! pydicom uses) exactly; lossy JPEG may differ by one grey level on a few pixels, as
 //! JPEG decoders legitimately do (pydicom's own two plugins disagree likewise). Refused
 //! with [`DicomUnsupported`](crate::ImagingError::DicomUnsupported) naming the UID:

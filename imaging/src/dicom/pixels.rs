@@ -4,8 +4,8 @@
 //! 32 bits allocated), RLE by [`super::rle`], encapsulated uncompressed frames as they
 //! are and deflated image frames by inflating each under the size the header declares
 //! (Rows x Columns x BitsAllocated: a deflate bomb is refused after that many bytes, not
-//! inflated). JPEG and JPEG 2000 go through dicom-pixeldata's codecs (jpeg-decoder, the
-//! pure-Rust openjp2 port), each call under `catch_unwind`, after the codestream header's
+//! inflated). JPEG and JPEG 2000 go through dicom-pixeldata's codecs (jpeg-decoder,
+//! OpenJPEG), each call under `catch_unwind`, after the codestream header's
 //! size is checked against the data set's. Frames are decoded in parallel.
 //!
 //! Stored values follow pydicom 3 (`pixels/decoders/base.py`):
