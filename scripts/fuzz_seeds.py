@@ -8,7 +8,11 @@ has them, small valid files of every encoding otherwise.
   transfer syntax they hold: test fixtures, used here only as parser inputs);
 - npy: float32 / int16 / float64 / big-endian / Fortran-order arrays (numpy);
 - nifti: NIfTI-1 and -2, plain and gzip, int16 with scaling and float32 (nibabel);
-- nrrd: raw, gzip and ASCII encodings, both endians (pynrrd), attached data.
+- nrrd: raw, gzip and ASCII encodings, both endians (pynrrd), attached data;
+- multipart: STOW-RS requests (the Content-Type line, then the body) of real DICOM files,
+  written by Python's email package (an independent multipart writer);
+- oip: Open Inference Protocol requests written by tritonclient (JSON and binary tensor
+  data), framed as ldct_serve::untrusted::oip reads them.
 Existing corpus files are kept (libFuzzer adds what it finds there).
 """
 
@@ -87,9 +91,53 @@ def nrrd_seeds(out: Path, tmp: Path):
     return n
 
 
+def multipart_seeds(out: Path, dicom_dir: Path):
+    from email.mime.application import MIMEApplication
+    from email.mime.multipart import MIMEMultipart
+    from email.policy import HTTP
+
+    files = sorted(dicom_dir.iterdir())
+    small = [f for f in files if f.stat().st_size <= (64 << 10)]
+    n = 0
+    for count in (1, 2, 3):
+        for start in range(0, min(len(small), 12), 4):
+            msg = MIMEMultipart("related", boundary=f"ldct-fuzz-seed-{n}")
+            msg.set_param("type", "application/dicom")
+            for f in small[start:start + count]:
+                part = MIMEApplication(f.read_bytes(), "dicom", _encoder=lambda p: None)
+                msg.attach(part)
+            raw = msg.as_bytes(policy=HTTP)
+            head, body = raw.split(b"\r\n\r\n", 1)
+            content_type = next(line for line in head.split(b"\r\n")
+                                if line.lower().startswith(b"content-type:")).split(b":", 1)[1].strip()
+            (out / f"stow-{count}-{start}.txt").write_bytes(content_type + b"\n" + body)
+            n += 1
+    return n
+
+
+def oip_seeds(out: Path):
+    import struct
+
+    from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
+
+    rng = np.random.default_rng(3)
+    n = 0
+    for binary in (False, True):
+        for shape, dtype in (([1, 1, 8, 8], "FP32"), ([2, 1, 4, 6], "FP32"), ([8, 8], "INT16")):
+            data = rng.normal(0, 100, shape).astype(np.float32 if dtype == "FP32" else np.int16)
+            inp = InferInput("input", shape, dtype)
+            inp.set_data_from_numpy(data, binary_data=binary)
+            outputs = [InferRequestedOutput("output", binary_data=binary)]
+            body, json_size = InferenceServerClient.generate_request_body([inp], outputs=outputs)
+            framed = (b"\x01" + struct.pack("<H", json_size) if json_size is not None else b"\x00") + body
+            (out / f"{'binary' if binary else 'json'}-{dtype}-{'x'.join(map(str, shape))}.bin").write_bytes(framed)
+            n += 1
+    return n
+
+
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/corpus")
-    dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd")}
+    dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd", "multipart", "oip")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     tmp = root / ".tmp"
@@ -99,6 +147,8 @@ def main():
         "npy": npy_seeds(dirs["npy"]),
         "nifti": nifti_seeds(dirs["nifti"]),
         "nrrd": nrrd_seeds(dirs["nrrd"], tmp),
+        "multipart": multipart_seeds(dirs["multipart"], dirs["dicom"]),
+        "oip": oip_seeds(dirs["oip"]),
     }
     shutil.rmtree(tmp)
     print("fuzz seeds:", ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -1,9 +1,7 @@
-//! The server's DICOM path: parse, header checks, decode one CT slice (CT limits).
+//! ldct_imaging::untrusted::dicom under libFuzzer (the reader as the server or trainer calls it).
 #![no_main]
-use ldct_imaging::instance::decode_ct;
-use ldct_imaging::limits::SliceLimits;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = decode_ct(data, &SliceLimits::CT);
+    let _ = ldct_imaging::untrusted::dicom(data);
 });

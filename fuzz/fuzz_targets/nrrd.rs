@@ -1,8 +1,7 @@
-//! The NRRD reader (attached data only: no file system) under a 64 MiB sample bound.
+//! ldct_imaging::untrusted::nrrd under libFuzzer (the reader as the server or trainer calls it).
 #![no_main]
-use ldct_imaging::nrrd::parse_nrrd;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_nrrd(data, None, 64 << 20);
+    let _ = ldct_imaging::untrusted::nrrd(data);
 });

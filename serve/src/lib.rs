@@ -35,3 +35,4 @@ pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod untrusted;

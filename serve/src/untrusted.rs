@@ -1,0 +1,105 @@
+//! The server's parsers of request bodies, each called the way a handler calls it: what
+//! the fuzz targets (`fuzz/`, `make fuzz`) drive and what the regression tests replay
+//! the inputs they found against (`tests/fuzz-regressions/<target>/`, on stable in
+//! `make test`). The DICOM, npy, NIfTI and NRRD readers have theirs in
+//! `ldct_imaging::untrusted`. Each returns whether the bytes were accepted; every
+//! outcome but a panic or an abort is a pass.
+
+use actix_web::web::Bytes;
+use ldct_imaging::limits::SliceLimits;
+use ldct_proto::contract::{INPUT_NAME, OUTPUT_NAME};
+
+use crate::dicomweb::multipart;
+use crate::http::dicomweb::MAX_PARTS;
+use crate::http::tensor::{decode_request, RequestLimits};
+
+/// An entry point: the bytes in, whether they were accepted.
+pub type Reader = fn(&[u8]) -> bool;
+
+/// The targets, by the name of their fuzz target and regression folder.
+pub const TARGETS: [(&str, Reader); 2] = [("multipart", stow), ("oip", oip)];
+
+/// A STOW-RS request: the first line is the Content-Type header's value, the rest the
+/// body, split into parts as the STOW-RS handler does.
+pub fn stow(data: &[u8]) -> bool {
+    let (head, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let Ok(content_type) = std::str::from_utf8(head) else {
+        return false;
+    };
+    let Ok((_, boundary)) = multipart::related(content_type) else {
+        return false;
+    };
+    let body = Bytes::copy_from_slice(body);
+    multipart::parse(&body, &boundary, MAX_PARTS).is_ok_and(|parts| {
+        parts.iter().all(|p| {
+            let _ = (p.media_type(), p.form_name());
+            true
+        })
+    })
+}
+
+/// An Open Inference Protocol request as `/v2/models/{m}/infer` decodes it: when the first byte is odd the
+/// next two (little endian) are the `Inference-Header-Content-Length` header (JSON then
+/// binary tensor data), else the request is JSON only; the rest is the body.
+pub fn oip(data: &[u8]) -> bool {
+    let (json_len, body) = match data {
+        [flag, a, b, rest @ ..] if flag % 2 == 1 => {
+            (Some(usize::from(u16::from_le_bytes([*a, *b]))), rest)
+        }
+        [_, rest @ ..] => (None, rest),
+        [] => (None, data),
+    };
+    let limits = RequestLimits {
+        slice: SliceLimits::CT,
+        max_slices: 64,
+    };
+    decode_request(body, json_len, INPUT_NAME, OUTPUT_NAME, &limits).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+    use std::path::Path;
+
+    /// Every input a fuzzer once made a parser panic with (`tests/fuzz-regressions/<target>/`,
+    /// copied there from `fuzz/artifacts/`) now comes back as a result, and the seed examples
+    /// there named `ok-*` are accepted (the harness reads its inputs as intended).
+    #[test]
+    fn fuzz_regressions_return_a_result() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+        let mut replayed = 0;
+        for (name, parse) in TARGETS {
+            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+                continue;
+            };
+            for entry in dir {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let must_accept = path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("ok-");
+                let result = std::panic::catch_unwind(|| parse(&bytes));
+                assert!(result.is_ok(), "{name}: {} panicked", path.display());
+                if must_accept {
+                    assert_eq!(
+                        result.ok(),
+                        Some(true),
+                        "{name}: {} refused",
+                        path.display()
+                    );
+                }
+                replayed += 1;
+            }
+        }
+        assert!(
+            replayed >= 2,
+            "the regression inputs are missing from {}",
+            root.display()
+        );
+    }
+}
