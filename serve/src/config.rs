@@ -24,6 +24,9 @@ pub enum DeviceChoice {
     Cpu,
 }
 
+/// `--max-inflight-bytes` when not given (or the largest body limit, if larger).
+pub const DEFAULT_INFLIGHT_BYTES: usize = 256 << 20;
+
 /// How the CUDA memory arena grows (ONNX Runtime's `arena_extend_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ArenaStrategy {
@@ -52,6 +55,11 @@ pub struct Config {
     /// Growth strategy of the CUDA memory arena.
     #[arg(long, env = "LDCT_ARENA_STRATEGY", value_enum, default_value_t = ArenaStrategy::NextPowerOfTwo)]
     pub arena_strategy: ArenaStrategy,
+    /// Keep ONNX Runtime's CPU memory arena: the memory of the largest batch run so far
+    /// stays with the process (a little faster on repeated shapes). Off by default, so
+    /// the memory a large slice took returns once its batch is done.
+    #[arg(long, env = "LDCT_CPU_ARENA")]
+    pub cpu_arena: bool,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per
     /// physical core).
     #[arg(long, env = "LDCT_INTRA_THREADS", default_value_t = 0)]
@@ -65,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "LDCT_MAX_BATCH", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
+    /// Most pixels one batch runs (slices x padded height x width): 1024x1024 slices
+    /// run 2 at a time and 2048x2048 slices alone under the default, 512x512 slices
+    /// up to --max-batch, so a batch's inference memory stays bounded.
+    #[arg(long, env = "LDCT_MAX_BATCH_PIXELS", default_value_t = 8 * 512 * 512,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_pixels: u64,
     /// How long the oldest queued slice waits for others of the same model and padded
     /// shape before its batch runs anyway (milliseconds).
     #[arg(long, env = "LDCT_BATCH_TIMEOUT_MS", default_value_t = 2)]
@@ -76,6 +90,12 @@ pub struct Config {
     /// Largest request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+    /// Request-body bytes the server holds at once, all requests together: a request
+    /// that would exceed it gets 503 with Retry-After before its body is read (from its
+    /// Content-Length) or as soon as it would (chunked). At least the largest body
+    /// limit in force; default 256 MiB, or that limit when it is larger.
+    #[arg(long, env = "LDCT_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
     /// Most rows or columns of one slice (413 beyond it), checked from the DICOM header,
     /// the .npy header or the declared tensor shape before any pixel is decoded.
     #[arg(long, env = "LDCT_MAX_SLICE_SIDE", default_value_t = 2048,
@@ -343,6 +363,34 @@ impl Config {
         Ok(())
     }
 
+    /// The largest body a request may send: `--max-body-bytes`, and with `--pacs-url`
+    /// (STOW-RS) `--dicomweb-max-body-bytes`.
+    pub fn largest_body(&self) -> usize {
+        let stow = self
+            .pacs_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty());
+        if stow {
+            self.max_body_bytes.max(self.dicomweb_max_body_bytes)
+        } else {
+            self.max_body_bytes
+        }
+    }
+
+    /// The body budget of all requests together (`--max-inflight-bytes`, see there).
+    pub fn inflight_bytes(&self) -> Result<usize, String> {
+        let largest = self.largest_body();
+        match self.max_inflight_bytes {
+            None => Ok(largest.max(DEFAULT_INFLIGHT_BYTES)),
+            Some(n) if n >= largest => Ok(n),
+            Some(n) => Err(format!(
+                "--max-inflight-bytes ({n}) is below the largest body a request may send \
+                 ({largest} bytes: --max-body-bytes, or --dicomweb-max-body-bytes with \
+                 --pacs-url): such a request could never be admitted"
+            )),
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
@@ -374,6 +422,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inflight_budget_holds_the_largest_body_in_force() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["ldct-serve"], args].concat())
+                .unwrap()
+                .inflight_bytes()
+        };
+        assert_eq!(parse(&[]), Ok(DEFAULT_INFLIGHT_BYTES));
+        // STOW-RS bodies (512 MiB by default) count only with a PACS.
+        let pacs = ["--pacs-url", "http://127.0.0.1:8042/dicom-web"];
+        assert_eq!(parse(&pacs), Ok(512 << 20));
+        assert_eq!(
+            parse(&["--max-inflight-bytes", "100000000"]),
+            Ok(100_000_000)
+        );
+        let e = parse(&["--max-inflight-bytes", "1000"]).unwrap_err();
+        assert!(e.contains("--max-inflight-bytes (1000)"), "{e}");
+        let e = parse(&[&pacs[..], &["--max-inflight-bytes", "300000000"]].concat()).unwrap_err();
+        assert!(e.contains("--pacs-url"), "{e}");
+    }
 
     #[test]
     fn flags_parse_and_validate() {

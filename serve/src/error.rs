@@ -102,6 +102,8 @@ pub enum ServeError {
     UnsupportedImage(String),
     #[error("the inference queue is full ({capacity} slices waiting); retry later")]
     QueueFull { capacity: usize },
+    #[error("the server holds its limit of {limit} bytes of request bodies; retry later")]
+    Busy { limit: usize },
     #[error("{max} pull jobs are already queued or running; retry later")]
     TooManyJobs { max: usize },
     #[error("the server is shutting down")]
@@ -140,6 +142,7 @@ impl ServeError {
             ServeError::NonFinite => "non_finite",
             ServeError::UnsupportedImage(_) => "unsupported_image",
             ServeError::QueueFull { .. } => "queue_full",
+            ServeError::Busy { .. } => "busy",
             ServeError::TooManyJobs { .. } => "too_many_jobs",
             ServeError::ShuttingDown => "shutting_down",
             ServeError::Timeout { .. } => "timeout",
@@ -189,6 +192,7 @@ impl ServeError {
             ServeError::NonFinite => "the image has NaN or infinite values",
             ServeError::UnsupportedImage(_) => "not a single-frame CT image, or an unsupported transfer syntax",
             ServeError::QueueFull { .. } => "the inference queue is full (`--queue-capacity`): retry after `Retry-After` seconds",
+            ServeError::Busy { .. } => "the request bodies being received and processed hold `--max-inflight-bytes`: retry after `Retry-After` seconds",
             ServeError::TooManyJobs { .. } => "`--max-active-jobs` pull jobs are queued or running: retry after `Retry-After` seconds",
             ServeError::ShuttingDown => "the server is stopping: retry on another replica",
             ServeError::Timeout { .. } => "no result within `--request-timeout`",
@@ -224,6 +228,7 @@ impl ServeError {
             ServeError::NonFinite,
             ServeError::UnsupportedImage("...".into()),
             ServeError::QueueFull { capacity: 64 },
+            ServeError::Busy { limit: 268_435_456 },
             ServeError::TooManyJobs { max: 32 },
             ServeError::ShuttingDown,
             ServeError::Timeout { seconds: 30.0 },
@@ -259,12 +264,13 @@ impl ServeError {
             ServeError::NonFinite => 17,
             ServeError::UnsupportedImage(_) => 18,
             ServeError::QueueFull { .. } => 19,
-            ServeError::TooManyJobs { .. } => 20,
-            ServeError::ShuttingDown => 21,
-            ServeError::Timeout { .. } => 22,
-            ServeError::Inference(_) => 23,
-            ServeError::PacsNotConfigured => 24,
-            ServeError::Internal(_) => 25,
+            ServeError::Busy { .. } => 20,
+            ServeError::TooManyJobs { .. } => 21,
+            ServeError::ShuttingDown => 22,
+            ServeError::Timeout { .. } => 23,
+            ServeError::Inference(_) => 24,
+            ServeError::PacsNotConfigured => 25,
+            ServeError::Internal(_) => 26,
         }
     }
 
@@ -288,7 +294,7 @@ impl ServeError {
             | ServeError::UnsupportedShape(_)
             | ServeError::NonFinite
             | ServeError::UnsupportedImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ServeError::QueueFull { .. } | ServeError::ShuttingDown => {
+            ServeError::QueueFull { .. } | ServeError::Busy { .. } | ServeError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ServeError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -322,6 +328,7 @@ impl ServeError {
         let mut res = HttpResponse::build(self.status());
         match self {
             ServeError::QueueFull { .. }
+            | ServeError::Busy { .. }
             | ServeError::ShuttingDown
             | ServeError::TooManyJobs { .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));

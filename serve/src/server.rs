@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::dicomweb::push;
 use crate::dicomweb::service::DicomWeb;
 use crate::http::app;
+use crate::http::budget::ByteBudget;
 use crate::inference::batcher::{BatchConfig, Batcher};
 use crate::inference::device::SessionFactory;
 use crate::inference::registry::{Registry, ReloadReport};
@@ -22,6 +23,7 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
 }
 
 fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
+    let inflight = config.inflight_bytes().map_err(anyhow::Error::msg)?;
     let rt = ldct_proto::runtime::init().context("loading ONNX Runtime")?;
     tracing::info!(library = %rt.library.display(), "ONNX Runtime ready");
     let factory = SessionFactory::resolve(config)?;
@@ -38,6 +40,7 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
     let batcher = Arc::new(
         Batcher::start(BatchConfig {
             max_batch: config.max_batch as usize,
+            max_batch_pixels: config.max_batch_pixels as usize,
             batch_timeout: config.batch_timeout(),
             queue_capacity: config.queue_capacity as usize,
             workers,
@@ -60,6 +63,7 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
         limits: Limits {
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout(),
+            body_budget: ByteBudget::new(inflight),
             slice: config.slice_limits(),
             request_timeout: config.request_timeout(),
             api_token: config

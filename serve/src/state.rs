@@ -7,6 +7,7 @@ use std::time::Duration;
 use ldct_imaging::limits::SliceLimits;
 
 use crate::dicomweb::service::DicomWeb;
+use crate::http::budget::ByteBudget;
 use crate::inference::batcher::Batcher;
 use crate::inference::registry::Registry;
 
@@ -16,6 +17,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest time to receive a body (`--body-timeout`).
     pub body_timeout: Duration,
+    /// Request-body bytes held at once, all requests together (`--max-inflight-bytes`).
+    pub body_budget: Arc<ByteBudget>,
     /// Largest slice decoded (`--max-slice-side`, `--max-slice-pixels`).
     pub slice: SliceLimits,
     pub request_timeout: Duration,

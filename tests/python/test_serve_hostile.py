@@ -250,3 +250,49 @@ def test_evaluate_still_reads_form_data_parts(server):
     r = post(server, "/v1/evaluate", body, f"multipart/form-data; boundary={boundary}")
     assert r.status == 200, r.body
     assert r.json()["shape"] == [32, 32]
+
+
+def test_concurrent_uploads_beyond_the_inflight_budget_get_503_before_their_bodies(tmp_path):
+    # 40 uploads of a 1024x1024 float32 slice (4 MiB each, 160 MiB together) against a
+    # 16 MiB budget: each sends its headers, and those the budget cannot hold are told
+    # 503 with Retry-After before they send a byte of body; the rest are served.
+    write_tiny_model(tmp_path / "models" / "tiny")
+    budget, n = 16 << 20, 40
+    body = npy_bytes(np.zeros((1024, 1024), np.float32))
+    head = (b"POST /v1/denoise HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with Server(tmp_path / "models", "--max-body-bytes", LIMIT, "--max-inflight-bytes", budget,
+                "--request-timeout", 120) as s:
+        socks = [socket.create_connection(("127.0.0.1", s.port), timeout=120) for _ in range(n)]
+        try:
+            for sock in socks:
+                sock.sendall(head)
+            time.sleep(1.0)
+            refused, admitted = [], []
+            for sock in socks:
+                sock.settimeout(0.2)
+                try:
+                    reply = sock.recv(65536)
+                except socket.timeout:
+                    admitted.append(sock)
+                    continue
+                refused.append(reply)
+            assert len(admitted) <= budget // len(body), len(admitted)
+            assert len(refused) >= n - budget // len(body)
+            for reply in refused:
+                assert reply.startswith(b"HTTP/1.1 503"), reply[:300]
+                assert b"retry-after:" in reply.lower() and b'"busy"' in reply
+            for sock in admitted:
+                sock.settimeout(120)
+                sock.sendall(body)
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    reply += sock.recv(65536)
+                assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        finally:
+            for sock in socks:
+                sock.close()
+        # After the admitted ones finished, the budget is whole again.
+        r = post(s, "/v1/denoise", body, "application/x-npy")
+        assert r.status == 200, r.body
+        assert peak_rss(s) < GiB

@@ -110,7 +110,7 @@ async fn receive(
         Some(v) => crate::inference::pixels::check_strength(v)?,
         None => state.strength,
     };
-    let body = read_body(&req, payload, dw.max_body_bytes, state.limits.body_timeout).await?;
+    let (body, _held) = read_body(&req, payload, dw.max_body_bytes, &state.limits).await?;
     if body.is_empty() {
         return Err(ServeError::EmptyBody);
     }

@@ -2,13 +2,13 @@
 //! extractors' errors (in the body form of the route), the media type and the whole
 //! body under a size limit.
 
-use std::time::Duration;
-
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
+use super::budget::Reservation;
 use crate::error::{self, ServeError};
+use crate::state::Limits;
 
 /// Query-string errors as `bad_request`, in the route's body form.
 pub fn query_config() -> web::QueryConfig {
@@ -50,14 +50,17 @@ pub fn media_type(req: &HttpRequest) -> String {
 const MAX_PRESIZE: usize = 1 << 20;
 
 /// Reads the whole body, refusing more than `limit` bytes (413; early from the
-/// Content-Length when it is declared) and a body not received within `timeout` (408):
-/// every byte counts, headers of multipart parts included.
+/// Content-Length when it is declared), a body not received within `--body-timeout`
+/// (408) and a body the server-wide budget (`--max-inflight-bytes`) cannot hold (503,
+/// before any byte is read when the length is declared): every byte counts, headers of
+/// multipart parts included. The reservation must be held until the request's work is
+/// done.
 pub async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
-    timeout: Duration,
-) -> Result<web::Bytes, ServeError> {
+    limits: &Limits,
+) -> Result<(web::Bytes, Reservation), ServeError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -66,18 +69,23 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ServeError::PayloadTooLarge { limit });
     }
+    let mut held = limits.body_budget.reservation();
+    held.grow_to(declared.unwrap_or(0))?;
     let capacity = declared.unwrap_or(0).min(MAX_PRESIZE);
-    tokio::time::timeout(timeout, collect(payload, limit, capacity))
+    let timeout = limits.body_timeout;
+    let body = tokio::time::timeout(timeout, collect(payload, limit, capacity, &mut held))
         .await
         .map_err(|_| ServeError::BodyTimeout {
             seconds: timeout.as_secs_f64(),
-        })?
+        })??;
+    Ok((body, held))
 }
 
 async fn collect(
     mut payload: web::Payload,
     limit: usize,
     capacity: usize,
+    held: &mut Reservation,
 ) -> Result<web::Bytes, ServeError> {
     let mut buf = web::BytesMut::with_capacity(capacity);
     while let Some(chunk) = payload.next().await {
@@ -86,6 +94,7 @@ async fn collect(
         if buf.len() + chunk.len() > limit {
             return Err(ServeError::PayloadTooLarge { limit });
         }
+        held.grow_to(buf.len() + chunk.len())?;
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())

@@ -205,13 +205,8 @@ async fn run_infer(
                 })?,
         ),
     };
-    let body = read_body(
-        &req,
-        payload,
-        state.limits.max_body_bytes,
-        state.limits.body_timeout,
-    )
-    .await?;
+    let (body, _held) =
+        read_body(&req, payload, state.limits.max_body_bytes, &state.limits).await?;
     let model = find(&state, &name, version.as_deref())?;
     let m = model.clone();
     let limits = tensor::RequestLimits {

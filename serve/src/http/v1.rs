@@ -155,13 +155,8 @@ pub async fn denoise(
             )))
         }
     };
-    let body = read_body(
-        &req,
-        payload,
-        state.limits.max_body_bytes,
-        state.limits.body_timeout,
-    )
-    .await?;
+    let (body, _held) =
+        read_body(&req, payload, state.limits.max_body_bytes, &state.limits).await?;
     if body.is_empty() {
         return Err(ServeError::EmptyBody);
     }
@@ -320,13 +315,8 @@ pub async fn evaluate(
             e => ServeError::InvalidMultipart(e.to_string()),
         })?;
     // The whole body, part headers and all, counts against the limit and the deadline.
-    let body = read_body(
-        &req,
-        payload,
-        state.limits.max_body_bytes,
-        state.limits.body_timeout,
-    )
-    .await?;
+    let (body, _held) =
+        read_body(&req, payload, state.limits.max_body_bytes, &state.limits).await?;
     let parts = multipart::parse(&body, &boundary, MAX_EVALUATE_PARTS)
         .map_err(|e| ServeError::InvalidMultipart(e.to_string()))?;
     let (mut input, mut reference) = (None, None);

@@ -2,7 +2,8 @@
 //!
 //! Requests submit single slices (already normalised and padded). Slices of the same
 //! model generation and padded shape are grouped: a batch runs as soon as `max_batch`
-//! of them wait, or when the oldest has waited `batch_timeout`. The queue is bounded:
+//! of them wait (fewer for large slices: a batch holds at most `max_batch_pixels`
+//! pixels, and at least one slice), or when the oldest has waited `batch_timeout`. The queue is bounded:
 //! a full queue is [`ServeError::QueueFull`] (503 + Retry-After). A slice whose
 //! requester has gone (timed out, disconnected) is dropped before it runs. Inference
 //! runs on the batcher's own threads, never on the HTTP workers; a panic in a model
@@ -38,6 +39,9 @@ pub trait Infer: Send + Sync {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
     pub max_batch: usize,
+    /// Most pixels (slices x padded height x width) one batch runs: large slices run in
+    /// smaller batches, so inference memory per batch stays bounded (at least one slice).
+    pub max_batch_pixels: usize,
     pub batch_timeout: Duration,
     pub queue_capacity: usize,
     pub workers: usize,
@@ -50,6 +54,13 @@ struct Key {
     model: u64,
     h: usize,
     w: usize,
+}
+
+impl BatchConfig {
+    /// The most slices of `key`'s shape one batch runs.
+    fn batch_limit(&self, key: Key) -> usize {
+        (self.max_batch_pixels / (key.h * key.w).max(1)).clamp(1, self.max_batch)
+    }
 }
 
 struct Job {
@@ -244,19 +255,15 @@ fn next_batch(shared: &Shared, worker: usize) -> Option<Vec<Job>> {
             continue;
         };
         let key = head.key;
+        let limit = cfg.batch_limit(key);
         let due = head.enqueued + cfg.batch_timeout;
-        let same = st
-            .queue
-            .iter()
-            .filter(|j| j.key == key)
-            .take(cfg.max_batch)
-            .count();
+        let same = st.queue.iter().filter(|j| j.key == key).take(limit).count();
         let now = Instant::now();
-        if same >= cfg.max_batch || now >= due || st.closed {
+        if same >= limit || now >= due || st.closed {
             let mut batch = Vec::with_capacity(same);
             let mut rest = VecDeque::with_capacity(st.queue.len() - same);
             for job in st.queue.drain(..) {
-                if job.key == key && batch.len() < cfg.max_batch {
+                if job.key == key && batch.len() < limit {
                     batch.push(job);
                 } else {
                     rest.push_back(job);
@@ -401,6 +408,7 @@ mod tests {
     fn cfg(max_batch: usize, timeout_ms: u64, capacity: usize) -> BatchConfig {
         BatchConfig {
             max_batch,
+            max_batch_pixels: usize::MAX,
             batch_timeout: Duration::from_millis(timeout_ms),
             queue_capacity: capacity,
             workers: 1,
@@ -452,6 +460,30 @@ mod tests {
             assert_eq!(block(rx).unwrap(), vec![2.0 * i as f32; 6]);
         }
         assert_eq!(*m.sizes.lock().unwrap(), vec![4, 4]);
+    }
+
+    #[test]
+    fn large_slices_run_in_batches_within_the_pixel_budget() {
+        // 20 pixels per batch: 2x3 slices 3 at a time, 4x5 slices one at a time.
+        let b = Batcher::start(BatchConfig {
+            max_batch_pixels: 20,
+            ..cfg(8, 200, 64)
+        })
+        .unwrap();
+        let m = Fake::new(1, 0);
+        let small: Vec<_> = (0..6)
+            .map(|i| b.submit(m.clone(), 2, 3, vec![i as f32; 6]).unwrap())
+            .collect();
+        for rx in small {
+            block(rx).unwrap();
+        }
+        let large: Vec<_> = (0..2)
+            .map(|_| b.submit(m.clone(), 4, 5, vec![1.0; 20]).unwrap())
+            .collect();
+        for rx in large {
+            block(rx).unwrap();
+        }
+        assert_eq!(*m.sizes.lock().unwrap(), vec![3, 3, 1, 1]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct SessionFactory {
     /// The device sessions are created for first.
     pub device: Device,
     pub intra_threads: usize,
+    /// Keep ONNX Runtime's CPU memory arena (`--cpu-arena`).
+    pub cpu_arena: bool,
     pub gpu_mem_limit: Option<usize>,
     pub arena_strategy: ArenaStrategy,
     /// Why `device` was chosen (logged at start).
@@ -96,6 +98,7 @@ impl SessionFactory {
             choice: config.device,
             device,
             intra_threads: config.intra_threads,
+            cpu_arena: config.cpu_arena,
             gpu_mem_limit: config.gpu_mem_limit,
             arena_strategy: config.arena_strategy,
             reason,
@@ -108,6 +111,7 @@ impl SessionFactory {
             choice: DeviceChoice::Cpu,
             device: Device::Cpu,
             intra_threads,
+            cpu_arena: false,
             gpu_mem_limit: None,
             arena_strategy: ArenaStrategy::NextPowerOfTwo,
             reason: "cpu".into(),
@@ -129,7 +133,10 @@ impl SessionFactory {
     }
 
     fn cpu_session(&self, path: &Path) -> Result<Session, String> {
+        let cpu = ep::CPU::default().with_arena_allocator(self.cpu_arena);
         self.builder()?
+            .with_execution_providers([cpu.build().error_on_failure()])
+            .map_err(|e| format!("cannot configure the CPU execution provider: {e}"))?
             .commit_from_file(path)
             .map_err(|e| e.to_string())
     }

@@ -173,6 +173,7 @@ pub struct Options {
     pub queue_capacity: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    pub max_inflight_bytes: usize,
     pub token: Option<&'static str>,
     pub timeout: Duration,
 }
@@ -183,6 +184,7 @@ impl Default for Options {
             queue_capacity: 64,
             max_batch: 4,
             max_body_bytes: 8 << 20,
+            max_inflight_bytes: 64 << 20,
             token: None,
             timeout: Duration::from_secs(30),
         }
@@ -199,6 +201,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
     let batcher = Arc::new(
         Batcher::start(BatchConfig {
             max_batch: o.max_batch,
+            max_batch_pixels: usize::MAX,
             batch_timeout: Duration::from_millis(2),
             queue_capacity: o.queue_capacity,
             workers: 1,
@@ -213,6 +216,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
         limits: Limits {
             max_body_bytes: o.max_body_bytes,
             body_timeout: std::time::Duration::from_secs(60),
+            body_budget: ldct_serve::http::budget::ByteBudget::new(o.max_inflight_bytes),
             slice: ldct_imaging::limits::SliceLimits::CT,
             request_timeout: o.timeout,
             api_token: o.token.map(Arc::from),
