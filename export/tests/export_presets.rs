@@ -564,6 +564,31 @@ fn parity_against_other_weights_fails_with_a_clear_error() {
     );
 }
 
+#[test]
+fn an_exported_model_initialises_a_network_with_its_weights() {
+    // Fine-tuning starts from a model folder: the trainer reads the exported ONNX's
+    // initializers back (pads and other constants left out) and gets the same weights.
+    let tmp = tempfile::tempdir().unwrap();
+    let net = network(unet(Norm::Instance), 31);
+    let run = tmp.path().join("run");
+    net.save_dir(&run).unwrap();
+    let out = tmp.path().join("model");
+    export_network(&net, &ExportOptions::new(&run, &out)).unwrap();
+    let other = network(unet(Norm::Instance), 32);
+    other.load_weights_from(&out).unwrap();
+    let (want, got) = (net.state().unwrap(), other.state().unwrap());
+    assert_eq!(want.len(), got.len());
+    for ((n, a), (m, b)) in want.iter().zip(&got) {
+        assert_eq!(n, m);
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{n}");
+    }
+    // Another architecture's model is refused with the names that do not fit.
+    let red = network(redcnn(), 33);
+    let e = red.load_weights_from(&out).unwrap_err().to_string();
+    assert!(e.contains("do not match the architecture"), "{e}");
+}
+
 /// Full-size default presets (CycleGAN resnet ngf 64 / 9 blocks, unet base 32 /
 /// depth 4, RED-CNN 96 filters): the exporter's own parity check, both instance
 /// norm forms. Slow in debug builds: `cargo test -p ldct-export --release -- --ignored`.

@@ -1,4 +1,5 @@
-//! The ONNX IR types ldct writes, generated from `proto/onnx.proto`.
+//! The ONNX IR types ldct writes (and reads back: [`f32_initializers`]), generated from
+//! `proto/onnx.proto`.
 //!
 //! Writing a model is `prost::Message::encode_to_vec(&model)`; the file is then a
 //! valid `.onnx` file. The constants here are the versions ldct targets: ONNX
@@ -135,5 +136,78 @@ pub fn node(
         output: outputs.iter().map(|s| (*s).to_owned()).collect(),
         attribute: attributes,
         ..Default::default()
+    }
+}
+
+/// The float32 initializers of a model's graph, by name, as `(dims, values)` (from
+/// little-endian `raw_data` or from `float_data`); initializers of other element types
+/// are left out. An initializer whose data does not match its dims is an error.
+pub fn f32_initializers(
+    model: &ModelProto,
+) -> Result<std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+    let mut out = std::collections::HashMap::new();
+    let Some(graph) = &model.graph else {
+        return Ok(out);
+    };
+    for t in &graph.initializer {
+        if t.data_type != tensor_proto::DataType::Float as i32 {
+            continue;
+        }
+        let dims = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("initializer {}: negative dimension in {:?}", t.name, t.dims))?;
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        if values.len() != count {
+            return Err(format!(
+                "initializer {}: {} values for dims {:?}",
+                t.name,
+                values.len(),
+                dims
+            ));
+        }
+        out.insert(t.name.clone(), (dims, values));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod initializer_tests {
+    use super::*;
+
+    #[test]
+    fn float_initializers_are_read_from_raw_and_float_data() {
+        let raw = f32_tensor("w", &[2, 1], &[1.5, -2.0]);
+        let listed = TensorProto {
+            name: "b".into(),
+            dims: vec![1],
+            data_type: tensor_proto::DataType::Float as i32,
+            float_data: vec![0.25],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            graph: Some(GraphProto {
+                initializer: vec![raw, listed, i64_tensor("pads", &[2], &[1, 1])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = f32_initializers(&model).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["w"], (vec![2, 1], vec![1.5, -2.0]));
+        assert_eq!(got["b"], (vec![1], vec![0.25]));
+        let mut bad = model.clone();
+        bad.graph.as_mut().unwrap().initializer[0].dims = vec![3];
+        assert!(f32_initializers(&bad).unwrap_err().contains("2 values"));
     }
 }

@@ -25,6 +25,11 @@ pub struct FitArgs {
     /// Override the configuration's seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start the generator from these trained weights (overrides the configuration's
+    /// `model.init_from`): a model folder, an `.onnx` file, a run folder or a
+    /// `.safetensors` file. Recorded in the run's train.toml.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Stop after this many steps of the schedule (with a checkpoint; --resume continues).
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -53,6 +58,9 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
             bail!("--seed cannot change a run being resumed");
         }
         config.seed = seed;
+    }
+    if let Some(from) = &args.init_from {
+        config.model.init_from = Some(from.clone());
     }
     if args.check {
         config.validate()?;

@@ -177,4 +177,47 @@ impl Network {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
         self.load_state(&tensors, &path.display().to_string())
     }
+
+    /// Loads the weights of an exported float32 `model.onnx`: ldct-export names its
+    /// initializers as the parameters; the graph's other initializers (pads, constants)
+    /// are not parameters and are left out. Every parameter must be there with its shape.
+    pub fn load_onnx(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        use prost::Message;
+        let path = path.as_ref();
+        let source = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
+            path: source.clone(),
+            source: e,
+        })?;
+        let model = ldct_proto::onnx::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| ModelError::Unsupported(format!("{source}: not an ONNX model: {e}")))?;
+        let floats = ldct_proto::onnx::f32_initializers(&model)
+            .map_err(|e| ModelError::Unsupported(format!("{source}: {e}")))?;
+        let mut tensors = HashMap::new();
+        for (spec, _) in self.parameters() {
+            if let Some((dims, values)) = floats.get(&spec.name) {
+                let t = Tensor::from_slice(values, dims.as_slice(), &Device::Cpu)?;
+                tensors.insert(spec.name.clone(), t);
+            }
+        }
+        self.load_state(&tensors, &source)
+    }
+
+    /// Loads weights from `path`: a `.safetensors` file, an exported `.onnx` file, a
+    /// model folder (its `model.onnx`) or a run folder (its `weights.safetensors`).
+    pub fn load_weights_from(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let onnx = path.join("model.onnx");
+            return if onnx.is_file() {
+                self.load_onnx(onnx)
+            } else {
+                self.load_safetensors(path.join(WEIGHTS_FILE))
+            };
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => self.load_onnx(path),
+            _ => self.load_safetensors(path),
+        }
+    }
 }

@@ -166,6 +166,11 @@ pub struct ModelConfig {
     /// convolution are zero, so with a global residual `out = input + tanh(0)` at
     /// step 0 (ReZero-style; the first update makes them non-zero). Default false.
     pub zero_head: bool,
+    /// Start the generator from trained weights instead of `init` (fine-tuning): a
+    /// model folder (its `model.onnx`, float32), an `.onnx` file, a run folder or a
+    /// `.safetensors` file, with exactly this generator's parameters. Relative paths are
+    /// from the working directory. Default none.
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -185,6 +190,7 @@ impl Default for ModelConfig {
             init: Init::default(),
             conv_backend: ConvBackend::default(),
             zero_head: false,
+            init_from: None,
         }
     }
 }

@@ -150,6 +150,10 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         truncate_metrics(&run.join(METRICS_FILE), state.step)?;
         log.line(&format!("resumed at step {} of {total}", state.step))?;
     } else {
+        if let Some(from) = &config.model.init_from {
+            method.generator().load_weights_from(from)?;
+            log.line(&format!("generator initialised from {}", from.display()))?;
+        }
         std::fs::write(run.join(CONFIG_FILE), config.to_toml()).map_err(io(run))?;
         let record = run_record(
             &config,
