@@ -19,7 +19,7 @@ ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/pyth
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-train bench-roofline model quality
+.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-soak bench-train bench-roofline model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -28,7 +28,7 @@ help:
 	@echo "make setup   install the venv and Debian packages only"
 	@echo "make model   retrain the default model (make data + fit configs/default.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
-	@echo "make bench-train | bench-serve | bench-simulate | bench-roofline   benchmarks (print figures)"
+	@echo "make bench-train | bench-serve | bench-soak | bench-simulate | bench-roofline   benchmarks (print figures)"
 	@echo "make fuzz    fuzz the parsers of untrusted bytes (nightly + cargo-fuzz; FUZZ_SECONDS per target)"
 
 setup:
@@ -63,7 +63,7 @@ pytest: setup build
 # (scripts/fuzz_seeds.py); FUZZ_SECONDS per target (default 600). Crashes land in
 # fuzz/artifacts/<target>/.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= dicom npy nifti nrrd
+FUZZ_TARGETS ?= dicom npy nifti nrrd multipart oip
 fuzz: setup
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --version 0.13.1 --locked
 	$(PYTHON) scripts/fuzz_seeds.py fuzz/corpus
@@ -82,14 +82,17 @@ data: setup
 	$(TRAIN_RELEASE) dataset import --source invesalius --out data/invesalius-quarter --dose 0.25 --seed 1
 	$(TRAIN_RELEASE) dataset build --recipe configs/data/ct-multi.toml --out data/ct-multi
 
-# The default model (configs/default.toml): a supervised U-Net trained on data/ct-multi
-# (every real CT source, kernels, geometries) at noise levels from 5 to 150 HU, evaluated
-# on the 30 HU multi-anatomy test set, exported to models/default. Budget: under 3 hours
-# on 2 cores (trainer/README.md); resumable with `ldct-train fit --resume --run runs/default`.
+# The default model, in two stages: configs/default.toml (a supervised U-Net on
+# data/ct-multi, every real CT source, kernels, geometries, noise levels 5 to 150 HU;
+# 5000 steps, what 2.0.0 was), then configs/default-finetune.toml (3000 more steps from
+# stage 1's weights at a lower learning rate), evaluated on the 30 HU multi-anatomy test
+# set, exported to models/default. Budget: about 2 hours 20 minutes on 2 cores
+# (trainer/README.md); each stage resumable with `ldct-train fit --resume --run RUN`.
 model: data
-	rm -rf runs/default
-	$(TRAIN_RELEASE) fit --config configs/default.toml --run runs/default --eval data/ct-multi/levels/30hu
-	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.0.0
+	rm -rf runs/default-base runs/default
+	$(TRAIN_RELEASE) fit --config configs/default.toml --run runs/default-base
+	$(TRAIN_RELEASE) fit --config configs/default-finetune.toml --run runs/default --eval data/ct-multi/levels/30hu
+	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.1.0
 
 # docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
 # docs/QUALITY_MULTI.md: the runs in QUALITY_MULTI_RUNS (NAME=RUN_DIR ...) on data/ct-multi's
@@ -119,3 +122,10 @@ bench-roofline: setup
 bench-serve: setup
 	$(CARGO) build --release -p ldct-serve
 	$(RUN_ENV) $(PYTHON) bench/serve.py --bin target/release/ldct-serve
+
+# Valid and hostile requests together for SOAK_SECONDS (default 600) after a minute of
+# warm-up, on models/default: statuses, p99, RSS over time (bench/soak.py).
+SOAK_SECONDS ?= 600
+bench-soak: setup
+	$(CARGO) build --release -p ldct-serve
+	$(RUN_ENV) $(PYTHON) bench/soak.py --bin target/release/ldct-serve --duration $(SOAK_SECONDS)
