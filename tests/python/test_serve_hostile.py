@@ -163,6 +163,18 @@ def test_multi_frame_instances_are_refused_before_decoding(server):
     assert peak_rss(server) - before < 64 << 20
 
 
+@pytest.mark.parametrize("ts,marker", [("1.2.840.10008.1.2.4.90", "SIZ"), ("1.2.840.10008.1.2.4.70", "SOF")])
+def test_a_compressed_frame_without_a_findable_header_is_refused_undecoded(server, ts, marker):
+    # JPEG 2000 lossless / JPEG lossless whose frame does not start with its codestream
+    # header: nothing bounds what the decoder would allocate, so it is not called.
+    ds = ct_dataset(512, 512, ts)
+    ds.PixelData = encapsulate([b"\x00\x01" * 2048])
+    r = post(server, "/v1/denoise", dicom_bytes(ds), "application/dicom")
+    assert r.status == 422, r.body
+    message = r.json()["error"]["message"]
+    assert f"({marker})" in message and "before decoding" in message, message
+
+
 def test_a_one_row_npy_is_refused_from_its_header(server):
     r = post(server, "/v1/denoise", npy_bytes(np.zeros((1, 1 << 20), np.float32)),
              "application/x-npy")

@@ -6,7 +6,8 @@
 //! (Rows x Columns x BitsAllocated: a deflate bomb is refused after that many bytes, not
 //! inflated). JPEG and JPEG 2000 go through dicom-pixeldata's codecs (jpeg-decoder,
 //! OpenJPEG), each call under `catch_unwind`, after the codestream header's
-//! size is checked against the data set's. Frames are decoded in parallel.
+//! size is checked against the data set's; a frame whose header cannot be found is
+//! refused (nothing would bound what it decodes to). Frames are decoded in parallel.
 //!
 //! Stored values follow pydicom 3 (`pixels/decoders/base.py`):
 //! - native, deflated, RLE and JPEG data: bits above BitsStored are discarded, and the value
@@ -345,20 +346,31 @@ fn decode_encapsulated(
     head: Option<Header>,
     r: Rescale,
 ) -> Result<Array2<f32>> {
-    if let Some(h) = head {
-        if (h.width, h.height) != (fmt.cols, fmt.rows) || h.components != 1 {
-            return Err(ImagingError::DicomDecode(format!(
-                "frame {frame}: the codestream holds {}x{} pixels with {} component(s), but \
-                 Rows x Columns is {}x{} with 1 sample per pixel",
-                h.height, h.width, h.components, fmt.rows, fmt.cols
-            )));
-        }
-        if codec == Codec::Jpeg && h.lossy_jpeg && h.precision > 8 {
-            return Err(ImagingError::DicomUnsupported(format!(
-                "{}-bit lossy JPEG (extended process 2/4) is not supported by the JPEG decoder",
-                h.precision
-            )));
-        }
+    let Some(h) = head else {
+        // The decoder would allocate whatever the codestream declares: without its
+        // header there is nothing to check that against.
+        let (name, marker) = if codec == Codec::Jpeg {
+            ("JPEG", "SOF")
+        } else {
+            ("JPEG 2000", "SIZ")
+        };
+        return Err(ImagingError::DicomUnsupported(format!(
+            "frame {frame}: no {name} codestream header ({marker}) at the start of the frame, \
+             so its size cannot be checked against Rows x Columns before decoding"
+        )));
+    };
+    if (h.width, h.height) != (fmt.cols, fmt.rows) || h.components != 1 {
+        return Err(ImagingError::DicomDecode(format!(
+            "frame {frame}: the codestream holds {}x{} pixels with {} component(s), but \
+             Rows x Columns is {}x{} with 1 sample per pixel",
+            h.height, h.width, h.components, fmt.rows, fmt.cols
+        )));
+    }
+    if codec == Codec::Jpeg && h.lossy_jpeg && h.precision > 8 {
+        return Err(ImagingError::DicomUnsupported(format!(
+            "{}-bit lossy JPEG (extended process 2/4) is not supported by the JPEG decoder",
+            h.precision
+        )));
     }
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         obj.decode_pixel_data_frame(frame as u32)
@@ -373,8 +385,7 @@ fn decode_encapsulated(
     .map_err(|e| ImagingError::DicomDecode(format!("frame {frame}: {}", describe(&e))))?;
 
     // jpeg-decoder yields one byte per sample for an 8-bit JPEG in 16 allocated bits.
-    let narrow =
-        codec == Codec::Jpeg && fmt.bits_allocated == 16 && head.is_some_and(|h| h.precision <= 8);
+    let narrow = codec == Codec::Jpeg && fmt.bits_allocated == 16 && h.precision <= 8;
     let bps = if narrow { 1 } else { fmt.bytes_per_sample() };
     let need = fmt.rows * fmt.cols * bps;
     if decoded.len() < need {
