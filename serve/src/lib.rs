@@ -24,6 +24,7 @@
 //!   forms), [`metrics`] (Prometheus), [`config`] (flags).
 //! - [`server`], [`tls`]: start and graceful stop.
 
+pub mod budget;
 pub mod config;
 pub mod dicomweb;
 pub mod durable;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use actix_web::HttpServer;
 use anyhow::Context;
 
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::dicomweb::push;
 use crate::dicomweb::service::DicomWeb;
 use crate::http::app;
-use crate::http::budget::ByteBudget;
 use crate::inference::batcher::{BatchConfig, Batcher};
 use crate::inference::device::SessionFactory;
 use crate::inference::registry::{Registry, ReloadReport};

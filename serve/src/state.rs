@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ldct_imaging::limits::SliceLimits;
 
+use crate::budget::ByteBudget;
 use crate::dicomweb::service::DicomWeb;
-use crate::http::budget::ByteBudget;
 use crate::inference::batcher::Batcher;
 use crate::inference::registry::Registry;
 

@@ -6,7 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
-use super::budget::Reservation;
+use crate::budget::Reservation;
 use crate::error::{self, ServeError};
 use crate::state::Limits;
 

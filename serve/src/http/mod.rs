@@ -14,7 +14,6 @@
 //! extractor settings and body helpers. Errors: [`crate::error`] (the OIP scope answers
 //! in the protocol's form).
 
-pub mod budget;
 pub mod dicomweb;
 pub mod extract;
 pub mod jobs;

@@ -216,7 +216,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
         limits: Limits {
             max_body_bytes: o.max_body_bytes,
             body_timeout: std::time::Duration::from_secs(60),
-            body_budget: ldct_serve::http::budget::ByteBudget::new(o.max_inflight_bytes),
+            body_budget: ldct_serve::budget::ByteBudget::new(o.max_inflight_bytes),
             slice: ldct_imaging::limits::SliceLimits::CT,
             request_timeout: o.timeout,
             api_token: o.token.map(Arc::from),
