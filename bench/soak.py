@@ -109,7 +109,9 @@ def hostile_requests(hu):
     from pydicom.encaps import encapsulate
 
     rle_header = struct.pack("<16I", 1, 64, *([0] * 14))
-    bomb = zlib.compress(bytes(64 << 20), 9)  # 64 MiB of zeros in about 64 KiB
+    # 64 MiB of zeros in about 64 KiB, raw deflate as the transfer syntax has it.
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = packer.compress(bytes(64 << 20)) + packer.flush()
     good = dicom_bytes(hu)
     boundary = "soak"
     return {
