@@ -308,3 +308,32 @@ def test_concurrent_uploads_beyond_the_inflight_budget_get_503_before_their_bodi
         r = post(s, "/v1/denoise", body, "application/x-npy")
         assert r.status == 200, r.body
         assert peak_rss(s) < GiB
+
+
+def _vm(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/PID/status")
+
+
+@pytest.mark.parametrize("arena", [False, True])
+def test_the_memory_of_a_large_slice_returns_after_its_batch_unless_the_arena_keeps_it(tmp_path, arena):
+    # A 2048x2048 slice through an 8-layer model: ONNX Runtime's intermediate tensors
+    # take a few hundred MiB. With the CPU arena off (the default) the server's resident
+    # memory falls back once the batch is done; with --cpu-arena it stays.
+    write_tiny_model(tmp_path / "models" / "tiny", depth=8)
+    extra = ["--cpu-arena"] if arena else []
+    with Server(tmp_path / "models", "--max-body-bytes", 32 << 20, *extra) as s:
+        body = npy_bytes(np.zeros((2048, 2048), np.float32))
+        before = _vm(s.proc.pid, "VmRSS:")
+        r = post(s, "/v1/denoise", body, "application/x-npy")
+        assert r.status == 200, r.body
+        time.sleep(0.5)
+        peak, after = _vm(s.proc.pid, "VmHWM:"), _vm(s.proc.pid, "VmRSS:")
+    assert peak - before > 128 << 20, (before, peak)
+    if arena:
+        assert after - before > 128 << 20, (before, peak, after)
+    else:
+        assert after - before < 48 << 20, (before, peak, after)
