@@ -58,42 +58,12 @@ mod tests {
     use std::path::Path;
 
     /// Every input a fuzzer once crashed a reader with (`tests/fuzz-regressions/<target>/`,
-    /// copied there from `fuzz/artifacts/`) now comes back as a result, and the seed examples
-    /// there named `ok-*` are accepted (the harness reads its inputs as intended). An abort (as the
-    /// openjp2 port's null deallocation was) takes this test binary down with it.
+    /// copied there from `fuzz/artifacts/`) now comes back as a result, and the seed
+    /// examples there named `ok-*` are accepted. An abort (as the openjp2 port's null
+    /// deallocation was) takes this test binary down with it.
     #[test]
     fn fuzz_regressions_return_a_result() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
-        let mut replayed = 0;
-        for (name, read) in TARGETS {
-            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
-                continue;
-            };
-            for entry in dir {
-                let path = entry.unwrap().path();
-                let bytes = std::fs::read(&path).unwrap();
-                let must_accept = path
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("ok-");
-                let accepted = std::panic::catch_unwind(|| read(&bytes));
-                assert!(accepted.is_ok(), "{name}: {} panicked", path.display());
-                if must_accept {
-                    assert_eq!(
-                        accepted.ok(),
-                        Some(true),
-                        "{name}: {} refused",
-                        path.display()
-                    );
-                }
-                replayed += 1;
-            }
-        }
-        assert!(
-            replayed >= 2,
-            "the regression inputs are missing from {}",
-            root.display()
-        );
+        ldct_testkit::replay_fuzz_regressions(&root, &TARGETS);
     }
 }

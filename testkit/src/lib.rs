@@ -164,3 +164,44 @@ pub fn cargo_bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
     dir.join(name)
 }
+
+/// A fuzz target's entry point: the bytes in, whether they were accepted.
+pub type FuzzEntry = fn(&[u8]) -> bool;
+
+/// Replays every file under `root/<target>/` through its target's entry point (the
+/// `untrusted` modules' `TARGETS`): each must return rather than panic (an abort takes
+/// the test binary down with it), and files named `ok-*` must also be accepted (the
+/// harness reads its inputs as intended). Fails when fewer than two files were found.
+pub fn replay_fuzz_regressions(root: &Path, targets: &[(&str, FuzzEntry)]) {
+    let mut replayed = 0;
+    for &(name, read) in targets {
+        let Ok(dir) = std::fs::read_dir(root.join(name)) else {
+            continue;
+        };
+        for entry in dir {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let must_accept = path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ok-");
+            let accepted = std::panic::catch_unwind(|| read(&bytes));
+            assert!(accepted.is_ok(), "{name}: {} panicked", path.display());
+            if must_accept {
+                assert_eq!(
+                    accepted.ok(),
+                    Some(true),
+                    "{name}: {} refused",
+                    path.display()
+                );
+            }
+            replayed += 1;
+        }
+    }
+    assert!(
+        replayed >= 2,
+        "the regression inputs are missing from {}",
+        root.display()
+    );
+}
