@@ -163,6 +163,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_ready(proc, port, log_path, timeout_s):
+    """Waits until the server at `port` says ready; exits with its log when it stops or
+    `timeout_s` passes first."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/v2/health/ready")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit("ldct-serve did not start:\n" + Path(log_path).read_text()[-4000:])
+        time.sleep(0.2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "ldct-serve"))
@@ -198,18 +215,7 @@ def main():
            "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/v2/health/ready")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("ldct-serve did not start:\n" + (Path(tmp.name) / "serve.log").read_text())
-            time.sleep(0.2)
+        wait_ready(proc, port, Path(tmp.name) / "serve.log", 60)
 
         client = Client(port)
         for _ in range(5):

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name  # noqa: E402
-from serve import free_port, npy, slice_512  # noqa: E402
+from serve import free_port, npy, slice_512, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -235,17 +235,7 @@ def main():
     stats, warm_stats = Stats(), Stats()
     samples = []
     try:
-        for _ in range(600):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", "/v2/health/ready")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"ldct-serve exited: {Path(tmp.name, 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_ready(proc, port, Path(tmp.name) / "serve.log", 300)
         print(f"# soak: {cpu_name()} ({', '.join(cpu_flags())}), {os.cpu_count()} CPUs, "
               f"load {os.getloadavg()[0]:.2f}; model {model} ({model_dir}); slice {source}")
         print(f"# {args.clients} valid clients + 2 hostile clients; warm-up {args.warmup:.0f} s, "
