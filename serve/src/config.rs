@@ -347,11 +347,7 @@ impl Config {
                 return Err(SecretError::Empty { flag, hint });
             }
         }
-        let pacs = self
-            .pacs_url
-            .as_deref()
-            .is_some_and(|u| !u.trim().is_empty());
-        if pacs
+        if self.pacs_configured()
             && self.api_token.is_none()
             && !self.allow_unauthenticated
             && !bind_is_loopback(&self.bind)
@@ -363,14 +359,17 @@ impl Config {
         Ok(())
     }
 
+    /// Whether `--pacs-url` is given (not blank): DICOMweb, STOW-RS and pull jobs on.
+    pub fn pacs_configured(&self) -> bool {
+        self.pacs_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty())
+    }
+
     /// The largest body a request may send: `--max-body-bytes`, and with `--pacs-url`
     /// (STOW-RS) `--dicomweb-max-body-bytes`.
     pub fn largest_body(&self) -> usize {
-        let stow = self
-            .pacs_url
-            .as_deref()
-            .is_some_and(|u| !u.trim().is_empty());
-        if stow {
+        if self.pacs_configured() {
             self.max_body_bytes.max(self.dicomweb_max_body_bytes)
         } else {
             self.max_body_bytes
