@@ -85,10 +85,11 @@ struct ExportArgs {
     /// Weights and computation precision; input and output stay float32.
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
     precision: Precision,
-    /// Instance norm of fp32 graphs: `f64` (float64 statistics from elementary
-    /// ops; ONNX Runtime's float32 kernel can miss the 1e-4 parity on CT slices)
-    /// or `native` (the InstanceNormalization op).
-    #[arg(long, default_value = "f64")]
+    /// Instance norm of fp32 graphs: `f32` (two-pass float32 statistics from
+    /// elementary ops), `f64` (the same in float64; 3x the layer's memory) or
+    /// `native` (the InstanceNormalization op; ONNX Runtime's float32 kernel can
+    /// miss the 1e-4 parity on CT slices).
+    #[arg(long, default_value = "f32")]
     instance_norm: InstanceNormForm,
     /// Training method when the run folder does not say.
     #[arg(long, default_value = "supervised", value_parser = parse_method)]

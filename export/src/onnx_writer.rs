@@ -7,7 +7,7 @@
 //! | `ConvTranspose2d`        | `ConvTranspose` (kernel_shape, strides, pads, output_padding)      |
 //! | `ReflectionPad2d`        | `Pad` mode `reflect`, pads `[0,0,p,p,0,0,p,p]` as an int64 input   |
 //! | `ZeroPad2d`              | `Pad` mode `constant` (value 0)                                    |
-//! | `InstanceNorm`           | float64 statistics from `Cast`, `ReduceMean`, `Sub`, `Mul`, `Add`, `Sqrt`, `Div` ([`InstanceNormForm::Float64`], default), or `InstanceNormalization` (constant ones/zeros when not affine; [`InstanceNormForm::Native`]) |
+//! | `InstanceNorm`           | two-pass float32 statistics from `ReduceMean`, `Sub`, `Mul`, `ReduceMean`, `Add`, `Sqrt`, `Div` ([`InstanceNormForm::Float32`], default), the same in float64 between `Cast`s ([`InstanceNormForm::Float64`]), or `InstanceNormalization` (constant ones/zeros when not affine; [`InstanceNormForm::Native`]) |
 //! | `BatchNorm`              | `BatchNormalization` inference form (running statistics)           |
 //! | `Relu`, `LeakyRelu`, `Tanh` | `Relu`, `LeakyRelu` (alpha), `Tanh`                             |
 //! | `Add`, `Concat`          | `Add`, `Concat` (axis 1)                                           |
@@ -96,12 +96,19 @@ pub enum WriterError {
 /// How a float32 graph computes instance norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum InstanceNormForm {
-    /// Statistics (mean, variance) in float64 from elementary ops. ONNX Runtime's
-    /// float32 `InstanceNormalization` kernel loses up to ~3e-5 (relative to the
-    /// standard deviation) on planes with a large mean and a small spread, which CT
-    /// slices with wide constant air regions produce; through a few layers that
-    /// exceeds the 1e-4 parity budget. The default.
+    /// Two-pass float32 statistics from elementary ops: the mean, then the mean of
+    /// the squared deviations from it. ONNX Runtime's float32
+    /// `InstanceNormalization` kernel loses up to ~3e-5 (relative to the standard
+    /// deviation) on planes with a large mean and a small spread, which CT slices
+    /// with wide constant air regions produce; through a few layers that exceeds
+    /// the 1e-4 parity budget. Centring before squaring removes that loss without
+    /// the float64 copies of [`InstanceNormForm::Float64`], so the activations'
+    /// memory stays that of the float32 graph. The default.
     #[default]
+    Float32,
+    /// The same statistics in float64 (a `Cast` of every normalised activation to
+    /// double: three float64 temporaries of the layer's size, 3x its float32
+    /// memory). Kept as the reference the float32 form is measured against.
     Float64,
     /// The `InstanceNormalization` op (fastest, fused on GPUs).
     Native,
@@ -111,10 +118,11 @@ impl std::str::FromStr for InstanceNormForm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "f32" | "float32" => Ok(InstanceNormForm::Float32),
             "f64" | "float64" => Ok(InstanceNormForm::Float64),
             "native" => Ok(InstanceNormForm::Native),
             other => Err(format!(
-                "instance norm form {other:?}: expected f64 or native"
+                "instance norm form {other:?}: expected f32, f64 or native"
             )),
         }
     }
@@ -185,7 +193,11 @@ impl Builder {
     /// `Sub`, `Mul`, `ReduceMean`, `Add` eps, `Sqrt`, `Div`, `Cast` back to float,
     /// then `* weight + bias` (weights `[C]` unsqueezed to `[1, C, 1, 1]`) when
     /// affine.
-    fn instance_norm_f64(
+    /// Instance norm from elementary ops, two-pass (mean, then the mean of the
+    /// squared deviations), its statistics in float32 (the mean corrected by the mean
+    /// of the residuals) or float64 (`double`).
+    #[allow(clippy::too_many_arguments)]
+    fn instance_norm_two_pass(
         &mut self,
         name: &str,
         x: &str,
@@ -193,14 +205,19 @@ impl Builder {
         eps: f64,
         affine: bool,
         opset: i64,
+        double: bool,
     ) {
         let t = |s: &str| format!("{name}.{s}");
-        let mean_node = |b: &mut Builder, input: &str, output: &str, node: &str| {
+        // ReduceMean over `axes` (as an input from opset 18, an attribute before).
+        let reduce = |b: &mut Builder, input: &str, output: &str, node: &str, axes: &[i64]| {
             if opset >= 18 {
+                let axes_name = format!("{node}.axes");
+                b.initializers
+                    .push(onnx::i64_tensor(&axes_name, &[axes.len() as i64], axes));
                 b.node(
                     "ReduceMean",
                     node,
-                    &[input, &t("axes")],
+                    &[input, &axes_name],
                     output,
                     vec![attr::int("keepdims", 1)],
                 );
@@ -210,31 +227,72 @@ impl Builder {
                     node,
                     &[input],
                     output,
-                    vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", 1)],
+                    vec![attr::ints("axes", axes), attr::int("keepdims", 1)],
                 );
             }
         };
-        if opset >= 18 {
+        // The mean over each plane. In float32, the means of the rows first, then their
+        // mean: each sum has W or H terms rather than H·W, so its rounding error grows
+        // with W + H, not H·W (equal row lengths: the mean of the row means is the mean).
+        let mean_node = |b: &mut Builder, input: &str, output: &str, node: &str| {
+            if double {
+                reduce(b, input, output, node, &[2, 3]);
+            } else {
+                let rows = format!("{node}.rows_out");
+                reduce(b, input, &rows, &format!("{node}.rows"), &[3]);
+                reduce(b, &rows, output, node, &[2]);
+            }
+        };
+        let x_stats = if double {
+            self.initializers.push(onnx::TensorProto {
+                name: t("eps"),
+                dims: vec![],
+                data_type: DataType::Double as i32,
+                raw_data: eps.to_le_bytes().to_vec(),
+                ..Default::default()
+            });
+            self.nodes
+                .push(cast(&t("cast_f64"), x, &t("x_f64"), DataType::Double));
+            t("x_f64")
+        } else {
             self.initializers
-                .push(onnx::i64_tensor(&t("axes"), &[2], &[2, 3]));
+                .push(onnx::f32_tensor(&t("eps"), &[], &[eps as f32]));
+            x.to_string()
+        };
+        mean_node(self, &x_stats, &t("mean"), &t("mean_op"));
+        if double {
+            self.node(
+                "Sub",
+                &t("center"),
+                &[&x_stats, &t("mean")],
+                &t("centered"),
+                vec![],
+            );
+        } else {
+            // A float32 mean of a plane with a large mean and a small spread is off by
+            // ~n·ε·|mean|, large against the spread: subtract it, then the mean of the
+            // (small) residuals, computed to ~ε of the spread, corrects it.
+            self.node(
+                "Sub",
+                &t("center0"),
+                &[&x_stats, &t("mean")],
+                &t("centered0"),
+                vec![],
+            );
+            mean_node(
+                self,
+                &t("centered0"),
+                &t("mean_residual"),
+                &t("mean_residual_op"),
+            );
+            self.node(
+                "Sub",
+                &t("center"),
+                &[&t("centered0"), &t("mean_residual")],
+                &t("centered"),
+                vec![],
+            );
         }
-        self.initializers.push(onnx::TensorProto {
-            name: t("eps"),
-            dims: vec![],
-            data_type: DataType::Double as i32,
-            raw_data: eps.to_le_bytes().to_vec(),
-            ..Default::default()
-        });
-        self.nodes
-            .push(cast(&t("cast_f64"), x, &t("x_f64"), DataType::Double));
-        mean_node(self, &t("x_f64"), &t("mean"), &t("mean_op"));
-        self.node(
-            "Sub",
-            &t("center"),
-            &[&t("x_f64"), &t("mean")],
-            &t("centered"),
-            vec![],
-        );
         self.node(
             "Mul",
             &t("square"),
@@ -255,16 +313,23 @@ impl Builder {
             "Div",
             &t("divide"),
             &[&t("centered"), &t("std")],
-            &t("norm_f64"),
+            &match (double, affine) {
+                (true, _) => t("norm_f64"),
+                (false, true) => t("norm"),
+                // Not affine: the normalised activation is the layer's output.
+                (false, false) => out.to_string(),
+            },
             vec![],
         );
         if affine {
-            self.nodes.push(cast(
-                &t("cast_f32"),
-                &t("norm_f64"),
-                &t("norm"),
-                DataType::Float,
-            ));
+            if double {
+                self.nodes.push(cast(
+                    &t("cast_f32"),
+                    &t("norm_f64"),
+                    &t("norm"),
+                    DataType::Float,
+                ));
+            }
             self.initializers
                 .push(onnx::i64_tensor(&t("unsqueeze_axes"), &[3], &[0, 2, 3]));
             self.node(
@@ -289,7 +354,7 @@ impl Builder {
                 vec![],
             );
             self.node("Add", name, &[&t("scaled"), &t("bias4")], out, vec![]);
-        } else {
+        } else if double {
             self.nodes
                 .push(cast(name, &t("norm_f64"), out, DataType::Float));
         }
@@ -479,9 +544,10 @@ pub fn build_model(
                 );
             }
             Op::InstanceNorm { eps, affine, .. }
-                if !fp16 && options.instance_norm == InstanceNormForm::Float64 =>
+                if !fp16 && options.instance_norm != InstanceNormForm::Native =>
             {
-                b.instance_norm_f64(name, x, &out, eps, affine, options.opset);
+                let double = options.instance_norm == InstanceNormForm::Float64;
+                b.instance_norm_two_pass(name, x, &out, eps, affine, options.opset, double);
             }
             Op::InstanceNorm {
                 channels,

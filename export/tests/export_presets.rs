@@ -419,6 +419,15 @@ fn every_preset_exports_with_parity_in_python_and_rust() {
             Precision::Fp32,
             &odd,
         ),
+        // Float64 statistics (the reference form of the float32 default).
+        export_case_with(
+            tmp.path(),
+            "resnet_affine_f64",
+            network(resnet(Norm::InstanceAffine), 2),
+            Precision::Fp32,
+            InstanceNormForm::Float64,
+            &odd,
+        ),
         // The InstanceNormalization op itself (ONNX Runtime's float32 kernel).
         export_case_with(
             tmp.path(),
@@ -590,7 +599,7 @@ fn an_exported_model_initialises_a_network_with_its_weights() {
 }
 
 /// Full-size default presets (CycleGAN resnet ngf 64 / 9 blocks, unet base 32 /
-/// depth 4, RED-CNN 96 filters): the exporter's own parity check, both instance
+/// depth 4, RED-CNN 96 filters): the exporter's own parity check, the three instance
 /// norm forms. Slow in debug builds: `cargo test -p ldct-export --release -- --ignored`.
 #[test]
 #[ignore]
@@ -603,7 +612,11 @@ fn full_size_presets_parity() {
     ];
     for (label, preset) in presets {
         let net = network(Arch::from_preset(&preset).unwrap(), 31);
-        for form in [InstanceNormForm::Float64, InstanceNormForm::Native] {
+        for form in [
+            InstanceNormForm::Float32,
+            InstanceNormForm::Float64,
+            InstanceNormForm::Native,
+        ] {
             let opts = ExportOptions {
                 instance_norm: form,
                 parity_random: false,
