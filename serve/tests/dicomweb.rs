@@ -587,7 +587,7 @@ async fn a_reused_sop_instance_uid_with_other_pixels_is_a_failure_not_a_silent_d
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(spooled(spool.path()).len(), 1);
     // The other pixels under the same SOP Instance UID: refused with a reason.
-    let res = test::call_service(&svc, store(Bytes::from(other))).await;
+    let res = test::call_service(&svc, store(Bytes::from(other.clone()))).await;
     assert_eq!(res.status(), StatusCode::CONFLICT, "every instance failed");
     let v = json_of(res).await;
     let failed = seq(&v, "00081198");
@@ -597,6 +597,15 @@ async fn a_reused_sop_instance_uid_with_other_pixels_is_a_failure_not_a_silent_d
     // The first copy is what stays queued.
     let files = spooled(spool.path());
     assert_eq!(files.len(), 1);
+    // Still a conflict after a restart (the spool reopened from its folder), and the
+    // same instance still a retry.
+    drop(svc);
+    let svc = test::init_service(app(dw_state(models.path(), spool.path(), &[]))).await;
+    let res = test::call_service(&svc, store(Bytes::from(other))).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT, "after a restart");
+    let res = test::call_service(&svc, store(ct)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(spooled(spool.path()), files);
 }
 
 #[actix_web::test]

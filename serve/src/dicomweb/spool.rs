@@ -6,9 +6,13 @@
 //! once the PACS has stored it, so an instance survives a PACS outage and a server
 //! restart ([`Spool::open`] resumes what is left, and removes half-written files).
 //!
-//! Files are named `<sequence>-<SOP Instance UID>.dcm`. A SOP Instance UID is queued at
-//! most once: derived UIDs are deterministic, so a retried STOW-RS request or a resumed
-//! job finds its instance already queued and adds nothing. Instances the PACS refuses
+//! Files are named `<sequence>-<SOP Instance UID>-<content key>.dcm`, the key being the
+//! SHA-256 (hex) of the source pixels. A SOP Instance UID is queued at most once: derived
+//! UIDs are deterministic, so a retried STOW-RS request or a resumed job finds its
+//! instance already queued and adds nothing, while the same UID with other pixels is a
+//! conflict, also after a restart (the key is in the name, written by the same atomic
+//! rename as the file; files named `<sequence>-<UID>.dcm` by older versions are resumed
+//! without a key, so a repeat of them is not checked). Instances the PACS refuses
 //! for good move to `failed/` with a `.reason.txt` next to them (kept for an operator:
 //! they count towards the size bound until removed by hand).
 //!
@@ -82,8 +86,9 @@ struct Inner {
     queue: BTreeMap<u64, Entry>,
     by_sop: HashMap<String, u64>,
     writing: HashSet<String>,
-    /// The content key of each instance queued or being written since the spool opened
-    /// (instances found on disk at start have none: a repeat of them is not checked).
+    /// The content key of each instance queued or being written (from the file name for
+    /// instances found on disk at start; older names have none: a repeat of them is not
+    /// checked).
     keys: HashMap<String, ContentKey>,
     failed: HashMap<String, String>,
     /// Queued + being written + failed.
@@ -119,12 +124,35 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     durable::sync_dir(dir).map_err(|e| io_err("fsync", dir, e))
 }
 
-/// `<seq>-<uid>.dcm` -> (seq, uid).
-fn parse_name(name: &str) -> Option<(u64, String)> {
+/// The spool's file name of an instance.
+fn file_name(seq: u64, uid: &str, key: &ContentKey) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{seq:016}-{uid}-{hex}.dcm")
+}
+
+/// `<seq>-<uid>-<key>.dcm` -> (seq, uid, Some(key)); `<seq>-<uid>.dcm` (older
+/// versions) -> (seq, uid, None).
+fn parse_name(name: &str) -> Option<(u64, String, Option<ContentKey>)> {
     let stem = name.strip_suffix(".dcm")?;
-    let (seq, uid) = stem.split_once('-')?;
+    let (seq, rest) = stem.split_once('-')?;
     let seq = seq.parse().ok()?;
-    is_uid(uid).then(|| (seq, uid.to_owned()))
+    let (uid, key) = match rest.split_once('-') {
+        Some((uid, hex)) => (uid, Some(parse_key(hex)?)),
+        None => (rest, None),
+    };
+    is_uid(uid).then(|| (seq, uid.to_owned(), key))
+}
+
+fn parse_key(hex: &str) -> Option<ContentKey> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (k, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        *k = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
 }
 
 impl Spool {
@@ -146,7 +174,7 @@ impl Spool {
         for e in fs::read_dir(&queue_dir).map_err(|e| io_err("read", &queue_dir, e))? {
             let e = e.map_err(|e| io_err("read", &queue_dir, e))?;
             let path = e.path();
-            let Some((seq, uid)) = e.file_name().to_str().and_then(parse_name) else {
+            let Some((seq, uid, key)) = e.file_name().to_str().and_then(parse_name) else {
                 tracing::warn!(file = %path.display(), "ignoring a foreign file in the spool");
                 continue;
             };
@@ -164,6 +192,10 @@ impl Spool {
                 }
             }
             inner.by_sop.insert(uid.clone(), seq);
+            match key {
+                Some(k) => inner.keys.insert(uid.clone(), k),
+                None => inner.keys.remove(&uid),
+            };
             inner.bytes += len;
             inner.queue.insert(
                 seq,
@@ -180,7 +212,7 @@ impl Spool {
             let path = e.path();
             let len = e.metadata().map_err(|e| io_err("stat", &path, e))?.len();
             inner.bytes += len;
-            if let Some((seq, uid)) = e.file_name().to_str().and_then(parse_name) {
+            if let Some((seq, uid, _)) = e.file_name().to_str().and_then(parse_name) {
                 inner.next_seq = inner.next_seq.max(seq + 1);
                 let reason = fs::read_to_string(path.with_extension("reason.txt"))
                     .unwrap_or_else(|_| "refused by the PACS".into());
@@ -260,7 +292,7 @@ impl Spool {
             inner.next_seq += 1;
             seq
         };
-        let name = format!("{seq:016}-{sop_instance_uid}.dcm");
+        let name = file_name(seq, sop_instance_uid, key);
         let tmp = self.tmp_dir.join(&name);
         let path = self.queue_dir.join(&name);
         let written =
@@ -416,6 +448,46 @@ mod tests {
             spool.enqueue("1.2.3", &[9; 40], &[9; 32]).unwrap(),
             Enqueued::Added
         );
+    }
+
+    #[test]
+    fn a_conflict_is_still_refused_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1000).unwrap();
+        spool.enqueue("1.2.3", &[1; 40], &[1; 32]).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1000).unwrap();
+        assert_eq!(
+            spool.enqueue("1.2.3", &[9; 40], &[9; 32]),
+            Err(SpoolError::Conflict("1.2.3".into()))
+        );
+        assert_eq!(
+            spool.enqueue("1.2.3", &[1; 40], &[1; 32]).unwrap(),
+            Enqueued::AlreadyQueued
+        );
+        assert_eq!(spool.depth(), 1);
+        // The name carries the key; a file named by an older version (no key) is still
+        // resumed and pushed, and a repeat of it is taken as a retry.
+        std::fs::write(dir.path().join("queue/0000000000000005-1.2.7.dcm"), [7; 10]).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1000).unwrap();
+        assert_eq!(spool.depth(), 2);
+        assert_eq!(
+            spool.enqueue("1.2.7", &[8; 10], &[8; 32]).unwrap(),
+            Enqueued::AlreadyQueued
+        );
+        let names: Vec<String> = spool
+            .next_batch(10, 1000)
+            .iter()
+            .map(|e| e.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names[0],
+            format!("0000000000000000-1.2.3-{}.dcm", "01".repeat(32))
+        );
+        // Names that are neither form are foreign files, left alone.
+        assert_eq!(parse_name("0000000000000001-1.2.3-zz.dcm"), None);
+        assert_eq!(parse_name("0000000000000001-1.2.3-01.dcm"), None);
     }
 
     #[test]
