@@ -746,6 +746,44 @@ mod tests {
     }
 
     #[test]
+    fn instance_norm_stays_in_float32_unless_asked_for_float64() {
+        use ldct_proto::arch::{Norm, ResnetConfig};
+        let doubles = |form: InstanceNormForm| {
+            let arch = Arch::from_preset(&Preset::Resnet(ResnetConfig {
+                ngf: 4,
+                n_blocks: 1,
+                norm: Norm::InstanceAffine,
+                ..Default::default()
+            }))
+            .unwrap();
+            let opts = WriterOptions {
+                instance_norm: form,
+                ..WriterOptions::default()
+            };
+            let g = build_model(&arch, &weights(&arch), &opts)
+                .unwrap()
+                .graph
+                .unwrap();
+            let double = DataType::Double as i64;
+            let casts = g
+                .node
+                .iter()
+                .filter(|n| n.op_type == "Cast" && n.attribute.iter().any(|a| a.i == double))
+                .count();
+            let tensors = g
+                .initializer
+                .iter()
+                .filter(|t| t.data_type == DataType::Double as i32)
+                .count();
+            casts + tensors
+        };
+        // Float32 by default: no activation is cast to double (3x its memory).
+        assert_eq!(doubles(InstanceNormForm::default()), 0);
+        assert_eq!(doubles(InstanceNormForm::Native), 0);
+        assert!(doubles(InstanceNormForm::Float64) > 0);
+    }
+
+    #[test]
     fn missing_or_wrong_sized_weights_are_errors() {
         let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig {
             filters: 4,
