@@ -10,7 +10,7 @@ RUN cargo build --release --locked -p ldct-serve \
     && install -m 0755 target/release/ldct-serve /usr/local/bin/ldct-serve
 
 FROM python:3.11.11-slim-bookworm AS ort
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 WORKDIR /ort
 RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
         "onnxruntime==${ORT_VERSION}" -d /wheels \
@@ -20,7 +20,7 @@ RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
     && ln -s "$(basename /ort/lib/libonnxruntime.so.1.*)" /ort/lib/libonnxruntime.so
 
 FROM debian:bookworm-20250113-slim
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 LABEL org.opencontainers.image.title="ldct-serve (CPU)" \
       org.opencontainers.image.description="Low-dose CT denoising server (ONNX Runtime CPU)"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

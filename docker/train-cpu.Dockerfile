@@ -10,7 +10,7 @@ RUN cargo build --release --locked -p ldct-train -p ldct-export \
     && install -m 0755 target/release/ldct-train target/release/ldct-export /usr/local/bin/
 
 FROM python:3.11.11-slim-bookworm AS ort
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 WORKDIR /ort
 RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
         "onnxruntime==${ORT_VERSION}" -d /wheels \
@@ -19,7 +19,7 @@ RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
     && cp /ort/wheel/onnxruntime/capi/libonnxruntime.so.1.* /ort/lib/
 
 FROM debian:bookworm-20250113-slim
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 LABEL org.opencontainers.image.title="ldct-train (CPU)" \
       org.opencontainers.image.description="Low-dose CT denoising trainer and exporter"
 RUN apt-get update \

@@ -21,7 +21,7 @@ RUN cargo build --release --locked -p ldct-train -p ldct-export --features ldct-
     && install -m 0755 target/release/ldct-train target/release/ldct-export /usr/local/bin/
 
 FROM python:3.11.11-slim-bookworm AS ort
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 WORKDIR /ort
 RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
         "onnxruntime==${ORT_VERSION}" -d /wheels \
@@ -30,7 +30,7 @@ RUN python -m pip download --no-cache-dir --no-deps --only-binary=:all: \
     && cp /ort/wheel/onnxruntime/capi/libonnxruntime.so.1.* /ort/lib/
 
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
-ARG ORT_VERSION=1.31.1
+ARG ORT_VERSION=1.32.0
 LABEL org.opencontainers.image.title="ldct-train (CUDA)" \
       org.opencontainers.image.description="Low-dose CT denoising trainer and exporter, Candle CUDA"
 RUN apt-get update \
