@@ -34,6 +34,16 @@ pub enum ArenaStrategy {
     SameAsRequested,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, the span's
+    /// fields such as `request_id`), for log collectors.
+    Json,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ldct-serve", version, about = "ldct inference server")]
 pub struct Config {
@@ -43,6 +53,10 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "LDCT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Log lines as text or one JSON object per line; the level comes from `RUST_LOG`
+    /// (default `info`).
+    #[arg(long, env = "LDCT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Inference device.
     #[arg(long, env = "LDCT_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,

@@ -1,7 +1,7 @@
 //! `ldct-serve`: the inference server. See the crate docs and serve/README.md.
 
 use clap::Parser;
-use ldct_serve::config::Config;
+use ldct_serve::config::{Config, LogFormat};
 
 fn main() -> anyhow::Result<()> {
     // glibc serves allocations below its mmap threshold from the heap and raises that
@@ -13,14 +13,24 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = Config::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(filter())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init(),
+    }
     ldct_serve::server::run(config)
 }

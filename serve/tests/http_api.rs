@@ -286,6 +286,61 @@ async fn bearer_token_guards_everything_but_health_and_metrics() {
 }
 
 #[actix_web::test]
+async fn every_response_carries_a_request_id_the_callers_when_it_is_plain() {
+    let models = tiny_models();
+    let svc = test::init_service(app(state(
+        models.path(),
+        Options {
+            token: Some("s3cret"),
+            ..Options::default()
+        },
+    )))
+    .await;
+    let id_of = |res: &actix_web::dev::ServiceResponse| {
+        res.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // Made here: distinct per request, on successes, errors and refusals alike.
+    let mut seen = std::collections::HashSet::new();
+    for (uri, status) in [
+        ("/v2/health/live", StatusCode::OK),
+        ("/v1/models", StatusCode::UNAUTHORIZED),
+        ("/no/such/route", StatusCode::UNAUTHORIZED),
+    ] {
+        let res = test::call_service(&svc, TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(res.status(), status, "{uri}");
+        let id = id_of(&res).unwrap_or_else(|| panic!("{uri}: no x-request-id"));
+        assert!(seen.insert(id), "{uri}: a repeated request id");
+    }
+    let res = test::call_service(
+        &svc,
+        TestRequest::get()
+            .uri("/no/such/route")
+            .insert_header(("authorization", "Bearer s3cret"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(id_of(&res).is_some());
+    // The caller's id is kept when it is a plain token, replaced when it is not.
+    for (given, kept) in [
+        ("trace-42.a:b_c", true),
+        ("has space", false),
+        ("a;b=\"c\"", false),
+        (&*"x".repeat(65), false),
+    ] {
+        let req = TestRequest::get()
+            .uri("/v2/health/ready")
+            .insert_header(("x-request-id", given))
+            .to_request();
+        let res = test::call_service(&svc, req).await;
+        let id = id_of(&res).unwrap();
+        assert_eq!(id == given, kept, "{given:?} -> {id:?}");
+    }
+}
+
+#[actix_web::test]
 async fn open_inference_protocol_json_and_binary() {
     let models = tiny_models();
     let svc = test::init_service(app(state(models.path(), Options::default()))).await;

@@ -312,3 +312,37 @@ def test_the_token_from_a_file_and_an_empty_token_refused(tmp_path):
             capture_output=True, text=True, timeout=60,
         )
         assert p.returncode != 0 and words in p.stderr, (args, p.returncode, p.stderr[-500:])
+
+
+def test_json_logs_carry_the_request_id_and_no_path(tmp_path):
+    """`--log-format json`: every line is one JSON object; the request's line names its
+    route pattern, status and the caller's x-request-id, never the path (which may
+    hold study UIDs)."""
+    models = tmp_path / "models"
+    write_tiny_model(models / "tiny")
+    server = Server(models, "--log-format", "json")
+    rid = "trace-" + uuid.uuid4().hex[:12]
+    job = "0123456789abcdef0123456789abcdef"
+    with server:
+        body = npy_bytes(np.full((16, 16), 40.0, np.float32))
+        r = server.request("POST", "/v1/denoise?model=tiny", body=body,
+                           headers={"Content-Type": "application/x-npy", "x-request-id": rid})
+        assert r.status == 200, r.body[:300]
+        assert r.header("x-request-id") == rid
+        r = server.request("GET", f"/v1/jobs/{job}")
+        assert 400 <= r.status < 600
+        made = r.header("x-request-id")
+        assert made and made != rid
+    assert server.proc.returncode == 0
+    lines = [l for l in server.text_log().splitlines() if l.strip()]
+    records = [json.loads(l) for l in lines]  # every line parses
+    assert all({"timestamp", "level", "fields"} <= rec.keys() for rec in records)
+    done = [rec for rec in records if rec["fields"].get("message") == "request"
+            and rec.get("span", {}).get("request_id") == rid]
+    assert len(done) == 1, lines
+    assert done[0]["fields"]["route"] == "/v1/denoise"
+    assert done[0]["fields"]["status"] == 200
+    assert any(rec.get("span", {}).get("request_id") == made for rec in records)
+    assert job not in server.text_log()
+    assert any("ONNX Runtime loaded" in rec["fields"].get("message", "")
+               and rec["fields"].get("version") for rec in records)

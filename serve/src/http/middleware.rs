@@ -1,7 +1,14 @@
-//! The middleware of every route: the bearer token (`--api-token`) and the request
-//! metrics (count, duration, in flight, errors by code).
+//! The middleware of every route: the bearer token (`--api-token`), the request
+//! metrics (count, duration, in flight, errors by code), and the request id: taken
+//! from the caller's `x-request-id` when it is a plain token, else made here; returned
+//! in the response's `x-request-id`, and the `request_id` field of the request's span,
+//! so every log line written while handling it carries it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use tracing::Instrument;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -86,6 +93,34 @@ fn record(route: &str, method: &str, status: StatusCode, kind: Option<&str>, sta
     }
 }
 
+/// The request id header (in and out).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's request id when it is 1 to 64 characters of `[A-Za-z0-9._:-]` (so it
+/// cannot forge log lines or carry much), else a new one: a per-process prefix and a
+/// counter, `<8 hex>-<counter>`.
+pub fn request_id(headers: &header::HeaderMap) -> String {
+    if let Some(id) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        let ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if ok {
+            return id.to_owned();
+        }
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0);
+        nanos ^ std::process::id().rotate_left(16)
+    });
+    format!("{prefix:08x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A bounded label for the method (extension methods are "other").
 fn method_label(m: &actix_web::http::Method) -> &'static str {
     use actix_web::http::Method;
@@ -120,30 +155,51 @@ pub async fn guard_and_measure(
     let denied = token
         .as_deref()
         .is_some_and(|t| !is_public(req.path()) && !bearer_ok(req.headers(), t));
-    let result = if denied {
+    let request_id = request_id(req.headers());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut res = if denied {
         let e = error::for_path(ServeError::Unauthorized, req.path());
-        Ok(req.into_response(HttpResponse::from_error(e)))
+        req.into_response(HttpResponse::from_error(e))
     } else {
-        next.call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body)
+        match next.call(req).instrument(span.clone()).await {
+            Ok(res) => res.map_into_boxed_body(),
+            // Handlers' and extractors' errors arrive as responses; an error here comes
+            // from the service stack itself and is answered by actix (without the id).
+            Err(e) => {
+                record(
+                    &route,
+                    method,
+                    e.as_response_error().status_code(),
+                    error::code_of(&e),
+                    started,
+                );
+                span.in_scope(|| tracing::warn!(method, %route, error = %e, "request failed"));
+                drop(guard);
+                return Err(e);
+            }
+        }
     };
-    match &result {
-        Ok(res) => record(
-            &route,
-            method,
-            res.status(),
-            res.response().error().and_then(error::code_of),
-            started,
-        ),
-        Err(e) => record(
-            &route,
-            method,
-            e.as_response_error().status_code(),
-            error::code_of(e),
-            started,
-        ),
+    let status = res.status();
+    record(
+        &route,
+        method,
+        status,
+        res.response().error().and_then(error::code_of),
+        started,
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static(REQUEST_ID), v);
     }
+    // The route pattern, never the path (it may hold study UIDs): no patient data.
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if is_public(&route) {
+            tracing::debug!(method, %route, status = status.as_u16(), ms, "request");
+        } else {
+            tracing::info!(method, %route, status = status.as_u16(), ms, "request");
+        }
+    });
     drop(guard);
-    result
+    Ok(res)
 }
