@@ -250,7 +250,12 @@ async fn stow_denoises_ct_spools_it_and_reports_every_failure() {
     // The spool holds the derived instance, named by its deterministic UID.
     let files = spooled(spool.path());
     assert_eq!(files.len(), 1);
-    assert!(files[0].to_str().unwrap().ends_with(&format!("-{sop}.dcm")));
+    // `<seq>-<SOP Instance UID>-<sha256 of the source pixels>.dcm`.
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let parts: Vec<&str> = name.trim_end_matches(".dcm").split('-').collect();
+    assert_eq!(parts.len(), 3, "{name}");
+    assert_eq!(parts[1], sop, "{name}");
+    assert_eq!(parts[2].len(), 64, "{name}");
     let derived =
         ldct_imaging::dicom::read_dicom_bytes(&std::fs::read(&files[0]).unwrap()).unwrap();
     assert_eq!(derived.meta.sop_instance_uid, sop);
