@@ -26,7 +26,7 @@ help:
 	@echo "make test    fmt, clippy, cargo tests and the Python reference tests"
 	@echo "make data    fetch the real CT sources; build data/invesalius-quarter and data/ct-multi"
 	@echo "make setup   install the venv and Debian packages only"
-	@echo "make model   retrain the default model (make data + fit configs/default.toml + eval + export to models/default)"
+	@echo "make model   retrain the default model (make data + fit configs/default.toml, default-finetune.toml, default-finetune2.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
 	@echo "make bench-train | bench-serve | bench-soak | bench-simulate | bench-roofline   benchmarks (print figures)"
 	@echo "make fuzz    fuzz the parsers of untrusted bytes (nightly + cargo-fuzz; FUZZ_SECONDS per target)"
@@ -89,10 +89,11 @@ data: setup
 # set, exported to models/default. Budget: about 2 hours 20 minutes on 2 cores
 # (trainer/README.md); each stage resumable with `ldct-train fit --resume --run RUN`.
 model: data
-	rm -rf runs/default-base runs/default
+	rm -rf runs/default-base runs/default-stage2 runs/default
 	$(TRAIN_RELEASE) fit --config configs/default.toml --run runs/default-base
-	$(TRAIN_RELEASE) fit --config configs/default-finetune.toml --run runs/default --eval data/ct-multi/levels/30hu
-	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.1.0
+	$(TRAIN_RELEASE) fit --config configs/default-finetune.toml --run runs/default-stage2
+	$(TRAIN_RELEASE) fit --config configs/default-finetune2.toml --run runs/default --eval data/ct-multi/levels/30hu
+	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.2.0
 
 # docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
 # docs/QUALITY_MULTI.md: the runs in QUALITY_MULTI_RUNS (NAME=RUN_DIR ...) on data/ct-multi's
