@@ -333,33 +333,45 @@ impl Padding {
     }
 }
 
-/// The smoke-test input of a model with `channels` input channels: [`smoke_image`],
-/// then (noise-conditioned models) a plane of a typical noise map value (2% of the
-/// range, 20 HU in the default normalisation).
+/// The smoke-test input of a model with `channels` input channels: [`pattern_input`]
+/// at the padded [`SMOKE_SIDE`].
 pub fn smoke_input(padding: &Padding, range: [f32; 2], channels: usize) -> (usize, Vec<f32>) {
-    let (side, mut data) = smoke_image(padding, range);
+    let side = padding.padded_len(SMOKE_SIDE);
+    (side, pattern_input(side, range, channels))
+}
+
+/// A `channels x side x side` test input (row-major): [`pattern_image`], then
+/// (noise-conditioned models) a plane of a typical noise map value (2% of the range,
+/// 20 HU in the default normalisation). The smoke test and the warmup run it.
+pub fn pattern_input(side: usize, range: [f32; 2], channels: usize) -> Vec<f32> {
+    let mut data = pattern_image(side, range);
     for _ in 1..channels {
         data.extend(std::iter::repeat_n(
             0.01 * (range[1] - range[0]),
             side * side,
         ));
     }
-    (side, data)
+    data
 }
 
 /// The smoke-test image of a model: `side x side` (the padded [`SMOKE_SIDE`]) values in
 /// the middle half of the normalised `range`, row-major.
 pub fn smoke_image(padding: &Padding, range: [f32; 2]) -> (usize, Vec<f32>) {
     let side = padding.padded_len(SMOKE_SIDE);
+    (side, pattern_image(side, range))
+}
+
+/// A `side x side` image of diagonal stripes in the middle half of the normalised
+/// `range`, row-major.
+pub fn pattern_image(side: usize, range: [f32; 2]) -> Vec<f32> {
     let [lo, hi] = range;
-    let data = (0..side * side)
+    (0..side * side)
         .map(|i| {
             let (y, x) = (i / side, i % side);
             let t = ((y * 7 + x * 3) % side) as f32 / side as f32;
             lo + (hi - lo) * (0.25 + 0.5 * t)
         })
-        .collect();
-    (side, data)
+        .collect()
 }
 
 #[cfg(test)]

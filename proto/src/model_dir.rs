@@ -63,17 +63,37 @@ impl ModelDir {
         })
     }
 
-    /// Every sub-folder of `root` holding a `manifest.json`, sorted by name.
+    /// The model folders under `root`, sorted: `root` itself when it holds a
+    /// `manifest.json` (a single model folder, as KServe mounts one at `/mnt/models`);
+    /// else every sub-folder of `root` holding one, and every sub-folder of a
+    /// sub-folder without one (`root/NAME/VERSION/`, versions side by side).
     pub fn candidates(root: &Path) -> Result<Vec<PathBuf>, ModelDirError> {
-        let rd = std::fs::read_dir(root).map_err(|source| ModelDirError::Io {
-            path: root.display().to_string(),
-            source,
-        })?;
-        let mut dirs: Vec<PathBuf> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join(MANIFEST_FILE).is_file())
-            .collect();
+        if root.join(MANIFEST_FILE).is_file() {
+            return Ok(vec![root.to_path_buf()]);
+        }
+        let subdirs = |dir: &Path| -> Result<Vec<PathBuf>, ModelDirError> {
+            let rd = std::fs::read_dir(dir).map_err(|source| ModelDirError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            Ok(rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect())
+        };
+        let mut dirs = Vec::new();
+        for sub in subdirs(root)? {
+            if sub.join(MANIFEST_FILE).is_file() {
+                dirs.push(sub);
+            } else if let Ok(versions) = subdirs(&sub) {
+                dirs.extend(
+                    versions
+                        .into_iter()
+                        .filter(|v| v.join(MANIFEST_FILE).is_file()),
+                );
+            }
+        }
         dirs.sort();
         Ok(dirs)
     }
