@@ -44,12 +44,62 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--version-policy`: which versions of a model are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(usize),
+    All,
+    /// These versions (by the manifest's `version`).
+    Specific(Vec<String>),
+}
+
+fn parse_version_policy(s: &str) -> Result<VersionPolicy, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a version policy: latest:N, all or specific:V1,V2");
+    match s.split_once(':') {
+        None if s == "all" => Ok(VersionPolicy::All),
+        Some(("latest", n)) => match n.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(VersionPolicy::Latest(n)),
+            _ => Err(bad()),
+        },
+        Some(("specific", list)) => {
+            let v: Vec<String> = list
+                .split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if v.is_empty() {
+                Err(bad())
+            } else {
+                Ok(VersionPolicy::Specific(v))
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// `--warmup-sizes`: slice sides, without repeats (empty: no warmup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmupSizes(pub Vec<usize>);
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ldct-serve", version, about = "ldct inference server")]
 pub struct Config {
     /// Folder of model folders (each holds model.onnx + manifest.json).
     #[arg(long, env = "LDCT_MODELS", default_value = "models")]
     pub models: PathBuf,
+    /// Serve the one model under this name instead of its manifest's (a KServe
+    /// InferenceService's name): --models is then one model folder, or a folder holding
+    /// exactly one.
+    #[arg(long, env = "LDCT_MODEL_NAME", value_parser = parse_model_name)]
+    pub model_name: Option<String>,
+    /// Which versions of a model are served when it has several
+    /// (`--models DIR/NAME/VERSION/`): `latest:N` (the N highest versions), `all`, or
+    /// `specific:V1,V2`. Requests without a version get the highest served one.
+    #[arg(long, env = "LDCT_VERSION_POLICY", default_value = "latest:1",
+          value_parser = parse_version_policy)]
+    pub version_policy: VersionPolicy,
     /// Address to listen on.
     #[arg(long, env = "LDCT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -93,6 +143,13 @@ pub struct Config {
     #[arg(long, env = "LDCT_MAX_BATCH_PIXELS", default_value_t = 8 * 512 * 512,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_pixels: u64,
+    /// Slice sides every model runs before it is published and /v2/health/ready says
+    /// ready (comma-separated, e.g. 512,1024; `none` for no warmup): each padded side at
+    /// batch 1 and at the largest batch --max-batch and --max-batch-pixels allow, on
+    /// every inference thread's session, so the first request does not pay ONNX
+    /// Runtime's first-run cost. A model that fails its warmup is rejected.
+    #[arg(long, env = "LDCT_WARMUP_SIZES", default_value = "512", value_parser = parse_warmup_sizes)]
+    pub warmup_sizes: WarmupSizes,
     /// How long the oldest queued slice waits for others of the same model and padded
     /// shape before its batch runs anyway (milliseconds).
     #[arg(long, env = "LDCT_BATCH_TIMEOUT_MS", default_value_t = 2)]
@@ -243,6 +300,45 @@ pub struct Config {
     /// (exit status 1 when a model folder was rejected).
     #[arg(long)]
     pub check: bool,
+}
+
+/// `--warmup-sizes`: comma-separated slice sides (16 to 65535), or `none` (or empty) for
+/// no warmup.
+fn parse_warmup_sizes(s: &str) -> Result<WarmupSizes, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("none") {
+        return Ok(WarmupSizes(Vec::new()));
+    }
+    let mut sides = Vec::new();
+    for part in s.split(',') {
+        let side: usize = part.trim().parse().map_err(|_| {
+            format!("{part:?} is not a slice side: give sides like 512,1024, or none")
+        })?;
+        if !(16..=65535).contains(&side) {
+            return Err(format!("warmup side {side} is outside 16 to 65535"));
+        }
+        if !sides.contains(&side) {
+            sides.push(side);
+        }
+    }
+    Ok(WarmupSizes(sides))
+}
+
+/// `--model-name`: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit
+/// (it appears in URLs such as `/v2/models/{name}/infer`).
+fn parse_model_name(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a model name: 1 to 64 letters, digits, '.', '_' or '-', starting \
+             with a letter or digit"
+        ))
+    }
 }
 
 fn parse_strength(s: &str) -> Result<f32, String> {
@@ -404,6 +500,25 @@ impl Config {
         }
     }
 
+    /// The warmup sides (`--warmup-sizes`), each within the slice limits (a side the
+    /// server would refuse is never worth warming up).
+    pub fn warmup_sides(&self) -> Result<Vec<usize>, String> {
+        let limits = self.slice_limits();
+        match self
+            .warmup_sizes
+            .0
+            .iter()
+            .find(|&&s| s > limits.max_side || s.saturating_mul(s) > limits.max_pixels)
+        {
+            Some(s) => Err(format!(
+                "--warmup-sizes {s} is beyond the largest slice served (--max-slice-side \
+                 {}, --max-slice-pixels {})",
+                limits.max_side, limits.max_pixels
+            )),
+            None => Ok(self.warmup_sizes.0.clone()),
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
@@ -455,6 +570,58 @@ mod tests {
         assert!(e.contains("--max-inflight-bytes (1000)"), "{e}");
         let e = parse(&[&pacs[..], &["--max-inflight-bytes", "300000000"]].concat()).unwrap_err();
         assert!(e.contains("--pacs-url"), "{e}");
+    }
+
+    #[test]
+    fn sides_parse_and_none_turns_warmup_off() {
+        assert_eq!(parse_warmup_sizes("512"), Ok(WarmupSizes(vec![512])));
+        assert_eq!(
+            parse_warmup_sizes(" 512, 1024,512 "),
+            Ok(WarmupSizes(vec![512, 1024]))
+        );
+        assert_eq!(parse_warmup_sizes("none"), Ok(WarmupSizes(vec![])));
+        assert_eq!(parse_warmup_sizes(""), Ok(WarmupSizes(vec![])));
+        assert!(parse_warmup_sizes("512x512")
+            .unwrap_err()
+            .contains("512x512"));
+        assert!(parse_warmup_sizes("8").unwrap_err().contains("16 to 65535"));
+    }
+
+    #[test]
+    fn version_policies_parse() {
+        assert_eq!(
+            parse_version_policy("latest:1"),
+            Ok(VersionPolicy::Latest(1))
+        );
+        assert_eq!(parse_version_policy("all"), Ok(VersionPolicy::All));
+        assert_eq!(
+            parse_version_policy("specific:1.0.0, 2.0.0"),
+            Ok(VersionPolicy::Specific(vec![
+                "1.0.0".into(),
+                "2.0.0".into()
+            ]))
+        );
+        for bad in ["latest:0", "latest:x", "specific:", "newest", ""] {
+            assert!(parse_version_policy(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn warmup_sides_must_be_servable_and_names_plain() {
+        let c = |args: &[&str]| Config::try_parse_from([&["ldct-serve"], args].concat());
+        assert_eq!(c(&[]).unwrap().warmup_sides(), Ok(vec![512]));
+        let e = c(&["--warmup-sizes", "1024", "--max-slice-side", "512"])
+            .unwrap()
+            .warmup_sides()
+            .unwrap_err();
+        assert!(e.contains("--max-slice-side 512"), "{e}");
+        assert_eq!(
+            c(&["--model-name", "ct-denoiser.v2"]).unwrap().model_name,
+            Some("ct-denoiser.v2".into())
+        );
+        for bad in ["", "-x", "a/b", "a b", "é"] {
+            assert!(c(&["--model-name", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

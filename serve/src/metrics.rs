@@ -29,6 +29,9 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// `ldct_models_loaded`.
     pub models_loaded: IntGauge,
+    /// `ldct_model_warmup_duration_seconds{model}`: how long a model's warmup took
+    /// (every session, every warmup shape) before it was published.
+    pub warmup_duration: HistogramVec,
     /// `ldct_noise_in_hu{model}` / `ldct_noise_out_hu{model}`: no-reference noise
     /// estimate of the input and of the output of `/v1/denoise`, in HU.
     pub noise_in: HistogramVec,
@@ -54,6 +57,9 @@ pub struct Metrics {
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const WARMUP_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 const NOISE_BUCKETS: &[f64] = &[
@@ -138,6 +144,13 @@ impl Metrics {
             )
             .unwrap_or_else(|e| invalid("ldct_model_info", e)),
             models_loaded: gauge("ldct_models_loaded", "Number of loaded models."),
+            warmup_duration: histogram(
+                "ldct_model_warmup_duration_seconds",
+                "Duration of a model's warmup (every session, every warmup shape) before it \
+                 was published, by model.",
+                &["model"],
+                WARMUP_BUCKETS,
+            ),
             noise_in: histogram(
                 "ldct_noise_in_hu",
                 "No-reference noise estimate of denoise inputs in HU, by model.",
@@ -195,6 +208,7 @@ impl Metrics {
             Box::new(m.queue_depth.clone()),
             Box::new(m.model_info.clone()),
             Box::new(m.models_loaded.clone()),
+            Box::new(m.warmup_duration.clone()),
             Box::new(m.noise_in.clone()),
             Box::new(m.noise_out.clone()),
             Box::new(m.spool_depth.clone()),
@@ -279,6 +293,7 @@ mod tests {
             .with_label_values(&["tiny"])
             .observe(0.01);
         m.batch_size.with_label_values(&["tiny"]).observe(3.0);
+        m.warmup_duration.with_label_values(&["tiny"]).observe(1.5);
         m.noise_in.with_label_values(&["tiny"]).observe(20.0);
         m.noise_out.with_label_values(&["tiny"]).observe(8.0);
         m.pacs_push.with_label_values(&["ok"]).inc();
@@ -299,6 +314,7 @@ mod tests {
             "ldct_queue_depth",
             "ldct_model_info",
             "ldct_models_loaded",
+            "ldct_model_warmup_duration_seconds",
             "ldct_noise_in_hu",
             "ldct_noise_out_hu",
             "ldct_spool_depth",

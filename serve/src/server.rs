@@ -13,6 +13,7 @@ use crate::http::app;
 use crate::inference::batcher::{BatchConfig, Batcher};
 use crate::inference::device::SessionFactory;
 use crate::inference::registry::{Registry, ReloadReport};
+use crate::inference::warmup::Warmup;
 use crate::jobs::runner;
 use crate::state::{AppState, Limits};
 
@@ -29,7 +30,23 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
     let factory = SessionFactory::resolve(config)?;
     tracing::info!(device = %factory.device, reason = %factory.reason, "inference device");
     let workers = config.inference_workers as usize;
-    let registry = Arc::new(Registry::new(config.models.clone(), factory, workers));
+    let batching = BatchConfig {
+        max_batch: config.max_batch as usize,
+        max_batch_pixels: usize::try_from(config.max_batch_pixels).unwrap_or(usize::MAX),
+        batch_timeout: config.batch_timeout(),
+        queue_capacity: config.queue_capacity as usize,
+        workers,
+    };
+    let warmup = Warmup::new(
+        config.warmup_sides().map_err(anyhow::Error::msg)?,
+        &batching,
+    );
+    let registry = Arc::new(
+        Registry::new(config.models.clone(), factory, workers)
+            .with_warmup(warmup)
+            .with_alias(config.model_name.clone())
+            .with_version_policy(config.version_policy.clone()),
+    );
     let report = registry.reload();
     tracing::info!(
         models = report.models.len(),
@@ -37,16 +54,7 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
         folder = %config.models.display(),
         "models loaded"
     );
-    let batcher = Arc::new(
-        Batcher::start(BatchConfig {
-            max_batch: config.max_batch as usize,
-            max_batch_pixels: config.max_batch_pixels as usize,
-            batch_timeout: config.batch_timeout(),
-            queue_capacity: config.queue_capacity as usize,
-            workers,
-        })
-        .context("starting the inference threads")?,
-    );
+    let batcher = Arc::new(Batcher::start(batching).context("starting the inference threads")?);
     // `--check` touches no spool or jobs folder.
     let dicomweb = if config.check {
         None

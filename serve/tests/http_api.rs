@@ -69,12 +69,6 @@ fn outside_window_weight(v: f32) -> f32 {
     }
 }
 
-async fn json_body(res: actix_web::dev::ServiceResponse) -> Value {
-    let bytes = test::read_body(res).await;
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
-}
-
 #[actix_web::test]
 async fn npy_round_trip_matches_the_network_formula() {
     let models = tiny_models();

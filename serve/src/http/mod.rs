@@ -4,7 +4,8 @@
 //! - [`v1`]: `POST /v1/denoise`, `POST /v1/evaluate`, `GET /v1/models`,
 //!   `POST /v1/models/reload`;
 //! - [`oip`]: the Open Inference Protocol REST API under `/v2` (its tensor bodies and
-//!   the binary extension: [`tensor`]);
+//!   the binary extension: [`tensor`]; the model repository extension:
+//!   [`repository`]);
 //! - [`dicomweb`]: STOW-RS, `POST /dicomweb/studies[/{study}]`;
 //! - [`jobs`]: pull jobs, `POST /v1/studies/{study}/denoise`, `GET /v1/jobs/{id}`;
 //! - [`ops`]: `GET /metrics`;
@@ -20,6 +21,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod oip;
 pub mod ops;
+pub mod repository;
 pub mod tensor;
 pub mod ui;
 pub mod v1;
@@ -55,6 +57,7 @@ pub fn app(
         .configure(jobs::configure)
         .configure(dicomweb::configure)
         .configure(oip::configure)
+        .configure(repository::configure)
         .configure(ui::configure)
         .default_service(web::to(not_found))
 }

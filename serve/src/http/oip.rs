@@ -57,7 +57,7 @@ pub async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "name": "ldct",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository"],
     }))
 }
 
@@ -90,22 +90,23 @@ fn find(
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<LoadedModel>, ServeError> {
-    let m = state.registry.get(Some(name))?;
-    match version {
-        Some(v) if v != m.version() => Err(ServeError::UnknownModel(format!(
-            "model {name:?} has version {:?} loaded, not {v:?}",
-            m.version()
-        ))),
-        _ => Ok(m),
-    }
+    state.registry.get_version(name, version)
 }
 
-fn metadata(m: &LoadedModel) -> Value {
+/// The model's metadata; `versions` lists every served version of its name.
+fn metadata(state: &AppState, m: &LoadedModel) -> Value {
     let man = &m.manifest;
+    let versions: Vec<String> = state
+        .registry
+        .snapshot()
+        .versions
+        .get(m.name())
+        .map(|list| list.iter().map(|v| v.version().to_owned()).collect())
+        .unwrap_or_else(|| vec![man.version.clone()]);
     let tensor = |name: &str| json!({"name": name, "datatype": "FP32", "shape": [-1, 1, -1, -1]});
     json!({
-        "name": man.name,
-        "versions": [man.version],
+        "name": m.name(),
+        "versions": versions,
         "platform": "onnxruntime_onnx",
         "inputs": [tensor(INPUT_NAME)],
         "outputs": [tensor(OUTPUT_NAME)],
@@ -130,7 +131,7 @@ pub async fn model_metadata(
     path: web::Path<String>,
 ) -> Result<HttpResponse, OipError> {
     let m = find(&state, &path, None)?;
-    Ok(HttpResponse::Ok().json(metadata(&m)))
+    Ok(HttpResponse::Ok().json(metadata(&state, &m)))
 }
 
 /// `GET /v2/models/{model}/versions/{version}`.
@@ -140,7 +141,7 @@ pub async fn model_metadata_version(
 ) -> Result<HttpResponse, OipError> {
     let (name, version) = path.into_inner();
     let m = find(&state, &name, Some(&version))?;
-    Ok(HttpResponse::Ok().json(metadata(&m)))
+    Ok(HttpResponse::Ok().json(metadata(&state, &m)))
 }
 
 fn ready_body(m: &LoadedModel) -> HttpResponse {

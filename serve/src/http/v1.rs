@@ -430,7 +430,7 @@ pub fn model_info(m: &LoadedModel) -> ModelInfo {
 /// `GET /v1/models`: the loaded models, the device and the default strength.
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     let set = state.registry.snapshot();
-    let list: Vec<ModelInfo> = set.values().map(|m| model_info(m)).collect();
+    let list: Vec<ModelInfo> = set.all().map(|m| model_info(m)).collect();
     HttpResponse::Ok().json(serde_json::json!({
         "models": list,
         "device": state.registry.factory().device.to_string(),

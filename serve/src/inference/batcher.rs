@@ -59,8 +59,14 @@ struct Key {
 impl BatchConfig {
     /// The most slices of `key`'s shape one batch runs.
     fn batch_limit(&self, key: Key) -> usize {
-        (self.max_batch_pixels / (key.h * key.w).max(1)).clamp(1, self.max_batch)
+        slices_per_batch(self.max_batch, self.max_batch_pixels, key.h, key.w)
     }
+}
+
+/// The most slices of padded shape `h x w` one batch runs: `max_batch`, fewer when
+/// `max_batch_pixels` says so, at least one.
+pub fn slices_per_batch(max_batch: usize, max_batch_pixels: usize, h: usize, w: usize) -> usize {
+    (max_batch_pixels / (h * w).max(1)).clamp(1, max_batch.max(1))
 }
 
 struct Job {

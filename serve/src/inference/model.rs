@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use ldct_imaging::window::Normaliser;
 use ldct_proto::contract::{self, Padding, INPUT_NAME, OUTPUT_NAME};
@@ -15,6 +16,7 @@ use ort::value::TensorRef;
 
 use super::batcher::Infer;
 use super::device::{Device, SessionFactory};
+use super::warmup::{Warmup, WarmupReport};
 use crate::error::ServeError;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -22,12 +24,16 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct LoadedModel {
     /// Unique per load (a reloaded model gets a new id): batches never mix generations.
     pub id: u64,
+    /// The name requests use: the manifest's, or `--model-name`'s alias.
+    served_name: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub normaliser: Normaliser,
     /// Where the output is used and where the input passes (the manifest's rule).
     pub outside: ldct_proto::contract::OutsideWindow,
     pub device: Device,
+    /// What the warmup ran before the model was published (`None`: warmup off).
+    pub warmup: Option<WarmupReport>,
     sessions: Vec<Mutex<Session>>,
 }
 
@@ -35,7 +41,7 @@ impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")
             .field("id", &self.id)
-            .field("name", &self.manifest.name)
+            .field("name", &self.served_name)
             .field("version", &self.manifest.version)
             .field("device", &self.device)
             .finish()
@@ -53,16 +59,23 @@ impl LoadedModel {
     }
 
     /// Opens a model folder (manifest + checksum), creates `sessions` sessions, checks
-    /// the pixel contract and runs a smoke test: a model that fails any step is an `Err`.
-    pub fn load(dir: &Path, factory: &SessionFactory, sessions: usize) -> Result<Self, String> {
+    /// the pixel contract, runs a smoke test and then `warmup`: a model that fails any
+    /// step is an `Err`.
+    pub fn load(
+        dir: &Path,
+        factory: &SessionFactory,
+        sessions: usize,
+        warmup: &Warmup,
+    ) -> Result<Self, String> {
         let md = ModelDir::open(dir).map_err(|e| e.to_string())?;
-        Self::from_model_dir(md, factory, sessions)
+        Self::from_model_dir(md, factory, sessions, warmup)
     }
 
     pub fn from_model_dir(
         md: ModelDir,
         factory: &SessionFactory,
         sessions: usize,
+        warmup: &Warmup,
     ) -> Result<Self, String> {
         let normaliser =
             Normaliser::from_manifest(&md.manifest.normalisation).map_err(|e| e.to_string())?;
@@ -79,17 +92,67 @@ impl LoadedModel {
             contract::check_session(first, md.manifest.input_channels())
                 .map_err(|e| e.to_string())?;
         }
-        let model = LoadedModel {
+        let mut model = LoadedModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            served_name: md.manifest.name.clone(),
             dir: md.dir,
             outside: md.manifest.outside_window(),
             manifest: md.manifest,
             normaliser,
             device,
+            warmup: None,
             sessions: built.into_iter().map(Mutex::new).collect(),
         };
         model.smoke_test()?;
+        if !warmup.is_off() {
+            model.warmup = Some(model.warm_up(warmup)?);
+        }
         Ok(model)
+    }
+
+    /// Runs `warmup`'s plan on every session; the output must have the input's shape and
+    /// be finite. An error names the shape that failed.
+    fn warm_up(&self, warmup: &Warmup) -> Result<WarmupReport, String> {
+        let started = Instant::now();
+        let shapes = warmup.plan(&self.padding());
+        let channels = self.manifest.input_channels();
+        let range = self.manifest.normalisation.range;
+        for shape in &shapes {
+            let one = contract::pattern_input(shape.side, range, channels);
+            let mut data = Vec::with_capacity(one.len() * shape.batch);
+            for _ in 0..shape.batch {
+                data.extend_from_slice(&one);
+            }
+            let x = Array4::from_shape_vec((shape.batch, channels, shape.side, shape.side), data)
+                .map_err(|e| e.to_string())?;
+            let what = |e: &dyn std::fmt::Display| {
+                format!(
+                    "warmup {}x{channels}x{}x{}: {e}",
+                    shape.batch, shape.side, shape.side
+                )
+            };
+            for worker in 0..self.sessions.len() {
+                let y = self.run(worker, x.clone()).map_err(|e| what(&e))?;
+                contract::check_output(x.shape(), y.shape(), y.iter().copied())
+                    .map_err(|e| what(&e))?;
+            }
+        }
+        Ok(WarmupReport {
+            shapes,
+            sessions: self.sessions.len(),
+            duration: started.elapsed(),
+        })
+    }
+
+    /// The model served under `name` instead of its manifest's name (`--model-name`).
+    pub fn serve_as(mut self, name: &str) -> Self {
+        self.served_name = name.to_owned();
+        self
+    }
+
+    /// Sessions (one per inference thread).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Runs every session once on the contract's smoke-test image: the output must have
@@ -109,8 +172,9 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The name requests use (the manifest's, or the `--model-name` alias).
     pub fn name(&self) -> &str {
-        &self.manifest.name
+        &self.served_name
     }
 
     pub fn version(&self) -> &str {
@@ -171,7 +235,7 @@ impl Infer for LoadedModel {
     }
 
     fn label(&self) -> &str {
-        &self.manifest.name
+        &self.served_name
     }
 
     fn input_channels(&self) -> usize {

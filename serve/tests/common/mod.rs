@@ -105,6 +105,34 @@ pub fn shrink_grow_model() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A model exported with its batch fixed to one: `Reshape(input, [1, 1, -1, 0])` is the
+/// identity on `[1, 1, H, W]` but turns `[N, 1, H, W]` into `[1, 1, N*H, W]`. The
+/// smoke test (batch 1) passes it; a batch of several slices does not.
+pub fn batch_of_one_model() -> Vec<u8> {
+    let ty = || onnx::tensor_type(DataType::Float, &[Err("N"), Ok(1), Err("H"), Err("W")]);
+    onnx::ModelProto {
+        ir_version: onnx::IR_VERSION,
+        opset_import: vec![onnx::default_opset(17)],
+        producer_name: "ldct-serve-test".into(),
+        graph: Some(onnx::GraphProto {
+            name: "batch_of_one".into(),
+            node: vec![onnx::node(
+                "Reshape",
+                "reshape",
+                &["input", "shape"],
+                &["output"],
+                vec![],
+            )],
+            initializer: vec![onnx::i64_tensor("shape", &[4], &[1, 1, -1, 0])],
+            input: vec![onnx::value_info("input", ty())],
+            output: vec![onnx::value_info("output", ty())],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// The same network computed directly (reference for the tests).
 pub fn smoothing_reference(x: &Array2<f32>) -> Array2<f32> {
     let (h, w) = x.dim();
@@ -247,4 +275,11 @@ pub fn phantom(h: usize, w: usize) -> Array2<f32> {
         };
         base + insert + 30.0 * (((y * 31 + x * 17) % 13) as f32 / 13.0 - 0.5)
     })
+}
+
+/// A response body as JSON (a panic naming the body when it is not).
+pub async fn json_body(res: actix_web::dev::ServiceResponse) -> serde_json::Value {
+    let bytes = actix_web::test::read_body(res).await;
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
 }
