@@ -93,9 +93,29 @@ setup_checkov() {
   echo "$CHECKOV_VERSION" >"$stamp"
 }
 
+# The API models of KServe's Python SDK and of the Kubernetes client (generated from
+# the CRDs' and the API server's OpenAPI schemas): tests/python/test_kserve.py reads
+# their source from the wheels to check k8s/kserve/ (KServe's CRDs are not in
+# kubernetes-validate). Downloaded only (--no-deps), never installed.
+SCHEMA_DIR="$ROOT/.cache/api-schemas"
+SCHEMA_WHEELS=(kserve==0.21.0 kubernetes==37.0.2)
+
+setup_api_schemas() {
+  local stamp="$SCHEMA_DIR/.ldct-wheels"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${SCHEMA_WHEELS[*]}" ]; then
+    return 0
+  fi
+  log "downloading API schema wheels: ${SCHEMA_WHEELS[*]}"
+  rm -rf "$SCHEMA_DIR"
+  mkdir -p "$SCHEMA_DIR"
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$SCHEMA_DIR" "${SCHEMA_WHEELS[@]}"
+  echo "${SCHEMA_WHEELS[*]}" >"$stamp"
+}
+
 case "${1:-all}" in
-  --venv) setup_venv; setup_checkov ;;
+  --venv) setup_venv; setup_checkov; setup_api_schemas ;;
   --apt) setup_apt ;;
-  all | --all) setup_apt; setup_venv; setup_checkov ;;
+  all | --all) setup_apt; setup_venv; setup_checkov; setup_api_schemas ;;
   *) echo "usage: $0 [--venv|--apt]" >&2; exit 2 ;;
 esac
