@@ -11,6 +11,10 @@ global residual; fixed random weights) is written to a temporary model folder; w
 
 Reports, for /v1/denoise with .npy float32 HU bodies (1 MiB each, keep-alive
 connections, client on the same machine):
+  - start to ready (model load, smoke test and the warmup of --warmup-sizes) and the
+    first request after ready, against the steady-state p50; the same first request
+    on a second server started with `--warmup-sizes none` (the cold start the warmup
+    removes), unless --no-cold
   - single-request latency (sequential): mean, p50, p99
   - throughput at concurrency 1, 4 and 16: slices/s, p50, p99 latency
 and for onnxruntime in-process (normalised input, batch 1 and batched like the
@@ -188,6 +192,8 @@ def main():
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batch-timeout-ms", type=int, default=2)
     ap.add_argument("--requests", type=int, default=48, help="requests per throughput run (x concurrency/4, min this)")
+    ap.add_argument("--warmup-sizes", default="512", help="the server's --warmup-sizes (default 512)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the second server without warmup")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -208,31 +214,51 @@ def main():
     hu, source = slice_512()
     body = npy(hu)
 
-    port = free_port()
-    log = open(Path(tmp.name) / "serve.log", "wb")
-    cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", "cpu",
-           "--intra-threads", str(args.threads), "--max-batch", str(args.max_batch),
-           "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        wait_ready(proc, port, Path(tmp.name) / "serve.log", 60)
+    def start(warmup_sizes):
+        port = free_port()
+        log_path = Path(tmp.name) / f"serve-{port}.log"
+        cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", "cpu",
+               "--intra-threads", str(args.threads), "--max-batch", str(args.max_batch),
+               "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024",
+               "--warmup-sizes", warmup_sizes]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_ready(proc, port, log_path, 600)
+        except BaseException:
+            stop(proc)
+            raise
+        return proc, port, time.perf_counter() - t0
 
-        client = Client(port)
-        for _ in range(5):
-            client.denoise(body)
-        single = [client.denoise(body) for _ in range(30)]
-        server = {"single": {"mean_ms": float(np.mean(single) * 1000), "p50_ms": pct(single, 50), "p99_ms": pct(single, 99)}}
-        for conc in (1, 4, 16):
-            total = max(args.requests, conc * 6)
-            tput, lat = run_concurrent(port, body, conc, total)
-            server[f"c{conc}"] = {"slices_per_s": tput, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "requests": total}
-    finally:
+    def stop(proc):
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
+
+    proc, port, startup_s = start(args.warmup_sizes)
+    try:
+        client = Client(port)
+        first_ms = client.denoise(body) * 1000
+        for _ in range(4):
+            client.denoise(body)
+        single = [client.denoise(body) for _ in range(30)]
+        server = {"single": {"mean_ms": float(np.mean(single) * 1000), "p50_ms": pct(single, 50), "p99_ms": pct(single, 99)},
+                  "start_to_ready_s": startup_s, "first_request_ms": first_ms, "warmup_sizes": args.warmup_sizes}
+        for conc in (1, 4, 16):
+            total = max(args.requests, conc * 6)
+            tput, lat = run_concurrent(port, body, conc, total)
+            server[f"c{conc}"] = {"slices_per_s": tput, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "requests": total}
+    finally:
+        stop(proc)
+    if not args.no_cold:
+        proc, port, cold_startup_s = start("none")
+        try:
+            server["cold"] = {"start_to_ready_s": cold_startup_s,
+                              "first_request_ms": Client(port).denoise(body) * 1000}
+        finally:
+            stop(proc)
 
     # The same model in-process, same thread count.
     so = ort.SessionOptions()
@@ -267,6 +293,14 @@ def main():
     for k, v in direct.items():
         print(f"{f'onnxruntime direct batch {k[1:]}':34}{v['slices_per_s']:>10.1f}{v['p50_ms']:>10.1f}{v['p99_ms']:>10.1f}")
     print()
+    p50 = s["p50_ms"]
+    print(f"start to ready (--warmup-sizes {args.warmup_sizes}): {server['start_to_ready_s']:.1f} s; "
+          f"first request after ready: {server['first_request_ms']:.1f} ms = "
+          f"{server['first_request_ms'] / p50:.2f}x the steady-state p50 ({p50:.1f} ms)")
+    if "cold" in server:
+        c = server["cold"]
+        print(f"without warmup (--warmup-sizes none): start to ready {c['start_to_ready_s']:.1f} s; "
+              f"first request {c['first_request_ms']:.1f} ms = {c['first_request_ms'] / p50:.2f}x the p50")
     print(f"single-request latency / direct batch-1 latency (p50): {s['p50_ms'] / d1['p50_ms']:.2f}x "
           f"(+{s['p50_ms'] - d1['p50_ms']:.1f} ms of HTTP, .npy coding, pre/post-processing, queueing)")
     for conc in (1, 4, 16):

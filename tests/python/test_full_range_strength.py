@@ -27,7 +27,9 @@ def head_slice():
 def served(tmp_path_factory):
     models = tmp_path_factory.mktemp("full-range") / "models"
     shutil.copytree(ROOT / "models" / "default", models / "default")
-    server = Server(models)
+    # No warmup: these tests are about pixels, and 512x512 at batch 1 and 8 through the
+    # default U-Net costs half a minute of a 2-core CI machine (test_kserve.py covers it).
+    server = Server(models, "--warmup-sizes", "none")
     with server:
         yield server
 

@@ -188,10 +188,12 @@ class Server:
 
     def __init__(self, models: Path, *args, log: Path = None, ca_cert: Path = None):
         """`ca_cert`: the server runs with --tls-cert (in `args`); requests go over
-        HTTPS trusting this certificate."""
+        HTTPS trusting this certificate. `models=None`: no --models flag (the caller's
+        `args` or environment give it); the log then goes to `log`."""
         self.models, self.args = models, [str(a) for a in args]
         self.port = free_port()
         self.log_path = log or (models.parent / f"ldct-serve-{self.port}.log")
+        self.env = {}
         self.ca_cert = ca_cert
         self.proc = None
 
@@ -202,9 +204,11 @@ class Server:
     def start(self):
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        env.update(self.env)
         self.log = open(self.log_path, "wb")
+        models = [] if self.models is None else ["--models", str(self.models)]
         self.proc = subprocess.Popen(
-            [str(ldct_bin("ldct-serve")), "--models", str(self.models), "--bind",
+            [str(ldct_bin("ldct-serve")), *models, "--bind",
              f"127.0.0.1:{self.port}", "--device", "cpu", *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )
