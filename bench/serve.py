@@ -194,6 +194,7 @@ def main():
     ap.add_argument("--requests", type=int, default=48, help="requests per throughput run (x concurrency/4, min this)")
     ap.add_argument("--warmup-sizes", default="512", help="the server's --warmup-sizes (default 512)")
     ap.add_argument("--no-cold", action="store_true", help="skip the second server without warmup")
+    ap.add_argument("--cpu-arena", action="store_true", help="start the server with --cpu-arena")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -220,7 +221,7 @@ def main():
         cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", "cpu",
                "--intra-threads", str(args.threads), "--max-batch", str(args.max_batch),
                "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024",
-               "--warmup-sizes", warmup_sizes]
+               "--warmup-sizes", warmup_sizes] + (["--cpu-arena"] if args.cpu_arena else [])
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -282,7 +283,8 @@ def main():
     best_direct = max(v["slices_per_s"] for v in direct.values())
     print(f"ldct-serve bench: 512x512 {source}, model {manifest['name']} {manifest['version']} "
           f"({manifest['arch']['description']}), CPU, {args.threads} intra-op thread(s), "
-          f"max batch {args.max_batch}, batch timeout {args.batch_timeout_ms} ms, machine {os.cpu_count()} cores")
+          f"max batch {args.max_batch}, batch timeout {args.batch_timeout_ms} ms, "
+          f"CPU arena {'on' if args.cpu_arena else 'off'}, machine {os.cpu_count()} cores")
     print()
     print(f"{'':34}{'slices/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     s = server["single"]

@@ -103,6 +103,11 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "LDCT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Also serve the Open Inference Protocol over gRPC on this address (e.g.
+    /// 127.0.0.1:8081): tritonclient.grpc and KServe's grpc-v2. Plain HTTP/2 only (no
+    /// TLS on this port: refused together with --tls-cert).
+    #[arg(long, env = "LDCT_GRPC_BIND", conflicts_with = "tls_cert")]
+    pub grpc_bind: Option<String>,
     /// Log lines as text or one JSON object per line; the level comes from `RUST_LOG`
     /// (default `info`).
     #[arg(long, env = "LDCT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -9,8 +9,10 @@
 //!   settings and body helpers ([`http::extract`]) and one module per protocol, each
 //!   `configure`-ing its own scope: [`http::v1`] (denoise, evaluate, models),
 //!   [`http::oip`] (the Open Inference Protocol REST API, with its tensor codec
-//!   [`http::tensor`]), [`http::dicomweb`] (STOW-RS), [`http::jobs`] (pull jobs),
+//!   [`http::tensor`] and the model repository extension [`http::repository`]), [`http::dicomweb`] (STOW-RS), [`http::jobs`] (pull jobs),
 //!   [`http::ops`] (`/metrics`).
+//! - [`grpc`]: the Open Inference Protocol's gRPC service (`--grpc-bind`), beside the
+//!   HTTP layer and sharing its inference path ([`http::oip`]).
 //! - [`state`]: what a handler gets (registry, batcher, limits, DICOMweb).
 //! - [`jobs`]: pull jobs ([`jobs::store`]: the job files, retention; [`jobs::runner`]:
 //!   QIDO-RS + WADO-RS from the PACS, denoise, spool).
@@ -29,6 +31,7 @@ pub mod config;
 pub mod dicomweb;
 pub mod durable;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod inference;
 pub mod jobs;

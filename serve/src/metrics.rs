@@ -29,6 +29,9 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// `ldct_models_loaded`.
     pub models_loaded: IntGauge,
+    /// `ldct_grpc_requests_total{method, code}`: gRPC calls that run inference or change
+    /// the repository, by method and status code.
+    pub grpc_requests: IntCounterVec,
     /// `ldct_model_warmup_duration_seconds{model}`: how long a model's warmup took
     /// (every session, every warmup shape) before it was published.
     pub warmup_duration: HistogramVec,
@@ -144,6 +147,11 @@ impl Metrics {
             )
             .unwrap_or_else(|e| invalid("ldct_model_info", e)),
             models_loaded: gauge("ldct_models_loaded", "Number of loaded models."),
+            grpc_requests: counter(
+                "ldct_grpc_requests_total",
+                "gRPC calls that run inference or change the repository, by method and status code.",
+                &["method", "code"],
+            ),
             warmup_duration: histogram(
                 "ldct_model_warmup_duration_seconds",
                 "Duration of a model's warmup (every session, every warmup shape) before it \
@@ -209,6 +217,7 @@ impl Metrics {
             Box::new(m.model_info.clone()),
             Box::new(m.models_loaded.clone()),
             Box::new(m.warmup_duration.clone()),
+            Box::new(m.grpc_requests.clone()),
             Box::new(m.noise_in.clone()),
             Box::new(m.noise_out.clone()),
             Box::new(m.spool_depth.clone()),
@@ -294,6 +303,9 @@ mod tests {
             .observe(0.01);
         m.batch_size.with_label_values(&["tiny"]).observe(3.0);
         m.warmup_duration.with_label_values(&["tiny"]).observe(1.5);
+        m.grpc_requests
+            .with_label_values(&["ModelInfer", "OK"])
+            .inc();
         m.noise_in.with_label_values(&["tiny"]).observe(20.0);
         m.noise_out.with_label_values(&["tiny"]).observe(8.0);
         m.pacs_push.with_label_values(&["ok"]).inc();
@@ -315,6 +327,7 @@ mod tests {
             "ldct_model_info",
             "ldct_models_loaded",
             "ldct_model_warmup_duration_seconds",
+            "ldct_grpc_requests_total",
             "ldct_noise_in_hu",
             "ldct_noise_out_hu",
             "ldct_spool_depth",

@@ -119,6 +119,46 @@ fn start_dicomweb(state: &AppState) {
     actix_web::rt::spawn(runner::run(state.clone()));
 }
 
+/// Binds `--grpc-bind` and serves the Open Inference Protocol's gRPC service on the
+/// current (actix) runtime until the returned sender fires.
+async fn start_grpc(
+    addr: &str,
+    state: &AppState,
+    max_message_bytes: usize,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    actix_web::rt::task::JoinHandle<()>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--grpc-bind)"))?;
+    let local = listener.local_addr().context("--grpc-bind address")?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = crate::grpc::server(state.clone(), max_message_bytes);
+    tracing::info!(
+        "listening on grpc://{local} (Open Inference Protocol gRPC; auth: {})",
+        if state.limits.api_token.is_some() {
+            "bearer token"
+        } else {
+            "none"
+        }
+    );
+    let task = actix_web::rt::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(64))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    Ok((stop, task))
+}
+
 /// Runs until SIGINT / SIGTERM: then stops accepting connections, lets in-flight
 /// requests finish (up to `--shutdown-timeout`), drains the inference queue and returns.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
@@ -157,7 +197,20 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 }
             );
         }
-        server.run().await.context("HTTP server")?;
+        let grpc = match &config.grpc_bind {
+            Some(addr) => Some(start_grpc(addr, &state, config.max_body_bytes).await?),
+            None => None,
+        };
+        let served = server.run().await.context("HTTP server");
+        if let Some((stop, task)) = grpc {
+            // The HTTP side has finished its in-flight requests: let gRPC finish its own.
+            let _ = stop.send(());
+            let grace = std::time::Duration::from_secs(config.shutdown_timeout);
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("gRPC calls still running after --shutdown-timeout: dropped");
+            }
+        }
+        served?;
         Ok(())
     });
     tracing::info!(

@@ -32,12 +32,15 @@ pub fn is_public(path: &str) -> bool {
 
 /// Constant-time comparison of the presented bearer token.
 pub fn bearer_ok(headers: &header::HeaderMap, token: &str) -> bool {
-    let Some(value) = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
+        .is_some_and(|value| authorization_ok(value, token))
+}
+
+/// An `Authorization` value (HTTP header or gRPC metadata) that presents `token` as
+/// `Bearer <token>`, compared in constant time.
+pub fn authorization_ok(value: &str, token: &str) -> bool {
     let Some((scheme, presented)) = value.trim().split_once(' ') else {
         return false;
     };

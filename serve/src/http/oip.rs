@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::extract::read_body;
 use super::middleware::only;
-use super::tensor::{self, InferResponse, OutputTensor, Units, HEADER_LENGTH};
+use super::tensor::{self, DecodedInput, InferResponse, OutputTensor, Units, HEADER_LENGTH};
 use crate::error::{OipError, ServeError};
 use crate::inference::model::LoadedModel;
 use crate::inference::pipeline;
@@ -188,34 +188,27 @@ pub async fn infer_version(
     run_infer(req, state, name, Some(version), payload).await
 }
 
-async fn run_infer(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    name: String,
-    version: Option<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, OipError> {
-    let json_len = match req.headers().get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ServeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
-                })?,
-        ),
-    };
-    let (body, _held) =
-        read_body(&req, payload, state.limits.max_body_bytes, &state.limits).await?;
-    let model = find(&state, &name, version.as_deref())?;
-    let m = model.clone();
-    let limits = tensor::RequestLimits {
+/// The limits a tensor request is checked against before its data is read.
+pub(crate) fn request_limits(state: &AppState) -> tensor::RequestLimits {
+    tensor::RequestLimits {
         slice: state.limits.slice,
         max_slices: state.batcher.config().queue_capacity,
-    };
+    }
+}
+
+/// Runs an inference request of the Open Inference Protocol, whatever its transport
+/// (REST here, gRPC in [`crate::grpc`]): `decode` (on the blocking pool, with the
+/// normalisation and padding) gives the input `[N, 1, H, W]`; its slices go through the
+/// batcher, and the output comes back in the input's units, composed with it at the
+/// request's strength. Returns the input, the output data and the strength used.
+pub(crate) async fn denoise_tensor(
+    state: &AppState,
+    model: &Arc<LoadedModel>,
+    decode: impl FnOnce() -> Result<DecodedInput, ServeError> + Send + 'static,
+) -> Result<(DecodedInput, Vec<f32>, f32), ServeError> {
+    let m = model.clone();
     let (input, mut prepared) = web::block(move || -> Result<_, ServeError> {
-        let input = tensor::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME, &limits)?;
+        let input = decode()?;
         let (h, w) = (input.h, input.w);
         let padding = m.padding();
         let prepared: Vec<Prepared> = input
@@ -246,7 +239,7 @@ async fn run_infer(
     let outs = pipeline::run_prepared(
         &state.batcher,
         state.limits.request_timeout,
-        &model,
+        model,
         &mut prepared,
     )
     .await?;
@@ -270,6 +263,35 @@ async fn run_infer(
         }
         data.extend_from_slice(&v);
     }
+    Ok((input, data, strength))
+}
+
+async fn run_infer(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: String,
+    version: Option<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OipError> {
+    let json_len = match req.headers().get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ServeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
+                })?,
+        ),
+    };
+    let (body, _held) =
+        read_body(&req, payload, state.limits.max_body_bytes, &state.limits).await?;
+    let model = find(&state, &name, version.as_deref())?;
+    let limits = request_limits(&state);
+    let (input, data, strength) = denoise_tensor(&state, &model, move || {
+        tensor::decode_request(&body, json_len, INPUT_NAME, OUTPUT_NAME, &limits)
+    })
+    .await?;
     let mut parameters = Map::new();
     parameters.insert("device".into(), Value::from(model.device.to_string()));
     parameters.insert("strength".into(), Value::from(f64::from(strength)));

@@ -173,6 +173,79 @@ impl<'de> Visitor<'de> for Flat<'_> {
     }
 }
 
+/// Checks an input tensor's name, datatype and shape (`[N, 1, H, W]`) against the
+/// model's input and `limits`, before any of its data is read: `(N, H, W, N*H*W)`.
+pub fn check_input(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    input_name: &str,
+    limits: &RequestLimits,
+) -> Result<(usize, usize, usize, usize), ServeError> {
+    if name != input_name {
+        return Err(bad(format!(
+            "unknown input {name:?}; the model's input is {input_name:?}"
+        )));
+    }
+    if datatype != "FP32" {
+        return Err(bad(format!(
+            "input datatype {datatype:?} is not supported; send FP32"
+        )));
+    }
+    let [n, c, h, w] = shape else {
+        return Err(bad(format!("input shape {shape:?}: expected [N, 1, H, W]")));
+    };
+    if *c != 1 || *n < 1 || *h < 1 || *w < 1 {
+        return Err(bad(format!(
+            "input shape {shape:?}: expected [N, 1, H, W] with N, H, W >= 1"
+        )));
+    }
+    let (n, h, w) = (*n as usize, *h as usize, *w as usize);
+    limits.slice.check(h, w)?;
+    if n > limits.max_slices {
+        return Err(ServeError::TooManySlices {
+            slices: n,
+            capacity: limits.max_slices,
+        });
+    }
+    let count = n
+        .checked_mul(h)
+        .and_then(|v| v.checked_mul(w))
+        .filter(|&v| v <= (1 << 28))
+        .ok_or_else(|| bad(format!("input shape {shape:?} is too large")))?;
+    Ok((n, h, w, count))
+}
+
+/// The request parameters ldct reads: `ldct_units` (`"hu"` or `"normalised"`) and
+/// `strength` (0 to 1).
+pub fn request_options(
+    params: Option<&Map<String, Value>>,
+) -> Result<(Units, Option<f32>), ServeError> {
+    let units = match params.and_then(|p| p.get("ldct_units")) {
+        None => Units::Normalised,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("hu") => Units::Hu,
+        Some(Value::String(s))
+            if s.eq_ignore_ascii_case("normalised") || s.eq_ignore_ascii_case("normalized") =>
+        {
+            Units::Normalised
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "parameter ldct_units must be \"hu\" or \"normalised\", not {other}"
+            )))
+        }
+    };
+    let strength = match params.and_then(|p| p.get("strength")) {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| bad(format!("parameter strength must be a number, not {v}")))
+                .and_then(crate::inference::pixels::check_strength)?,
+        ),
+    };
+    Ok((units, strength))
+}
+
 /// Splits and decodes a request body (`json_len`: the header's value, if any).
 /// What a request may hold: the largest slice and the most slices at once (the
 /// inference queue's capacity: more could never be admitted).
@@ -212,43 +285,13 @@ pub fn decode_request(
             req.inputs.len()
         )));
     };
-    if input.name != input_name {
-        return Err(bad(format!(
-            "unknown input {:?}; the model's input is {input_name:?}",
-            input.name
-        )));
-    }
-    if input.datatype != "FP32" {
-        return Err(bad(format!(
-            "input datatype {:?} is not supported; send FP32",
-            input.datatype
-        )));
-    }
-    let [n, c, h, w] = input.shape.as_slice() else {
-        return Err(bad(format!(
-            "input shape {:?}: expected [N, 1, H, W]",
-            input.shape
-        )));
-    };
-    if *c != 1 || *n < 1 || *h < 1 || *w < 1 {
-        return Err(bad(format!(
-            "input shape {:?}: expected [N, 1, H, W] with N, H, W >= 1",
-            input.shape
-        )));
-    }
-    let (n, h, w) = (*n as usize, *h as usize, *w as usize);
-    limits.slice.check(h, w)?;
-    if n > limits.max_slices {
-        return Err(ServeError::TooManySlices {
-            slices: n,
-            capacity: limits.max_slices,
-        });
-    }
-    let count = n
-        .checked_mul(h)
-        .and_then(|v| v.checked_mul(w))
-        .filter(|&v| v <= (1 << 28))
-        .ok_or_else(|| bad(format!("input shape {:?} is too large", input.shape)))?;
+    let (n, h, w, count) = check_input(
+        &input.name,
+        &input.datatype,
+        &input.shape,
+        input_name,
+        limits,
+    )?;
 
     let data = match input
         .parameters
@@ -311,6 +354,7 @@ pub fn decode_request(
     }
 
     let params = req.parameters.as_ref();
+    let (units, strength) = request_options(params)?;
     let mut binary_output = flag(params, "binary_data_output");
     if let Some(outputs) = &req.outputs {
         for o in outputs {
@@ -329,28 +373,6 @@ pub fn decode_request(
             }
         }
     }
-    let units = match params.and_then(|p| p.get("ldct_units")) {
-        None => Units::Normalised,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("hu") => Units::Hu,
-        Some(Value::String(s))
-            if s.eq_ignore_ascii_case("normalised") || s.eq_ignore_ascii_case("normalized") =>
-        {
-            Units::Normalised
-        }
-        Some(other) => {
-            return Err(bad(format!(
-                "parameter ldct_units must be \"hu\" or \"normalised\", not {other}"
-            )))
-        }
-    };
-    let strength = match params.and_then(|p| p.get("strength")) {
-        None => None,
-        Some(v) => Some(
-            v.as_f64()
-                .ok_or_else(|| bad(format!("parameter strength must be a number, not {v}")))
-                .and_then(crate::inference::pixels::check_strength)?,
-        ),
-    };
     Ok(DecodedInput {
         id: req.id.clone(),
         n,
