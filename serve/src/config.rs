@@ -124,11 +124,18 @@ pub struct Config {
     /// Growth strategy of the CUDA memory arena.
     #[arg(long, env = "LDCT_ARENA_STRATEGY", value_enum, default_value_t = ArenaStrategy::NextPowerOfTwo)]
     pub arena_strategy: ArenaStrategy,
-    /// Keep ONNX Runtime's CPU memory arena: the memory of the largest batch run so far
-    /// stays with the process (a little faster on repeated shapes). Off by default, so
-    /// the memory a large slice took returns once its batch is done.
+    /// Never shrink ONNX Runtime's CPU memory arena: the memory of the largest batch run
+    /// so far stays with the process, whatever its size. Without it the arena keeps the
+    /// memory of batches up to --cpu-arena-keep-pixels and shrinks after larger ones.
     #[arg(long, env = "LDCT_CPU_ARENA")]
     pub cpu_arena: bool,
+    /// The CPU arena keeps the memory of batches up to this many pixels (slices x padded
+    /// height x width; default 8 x 512 x 512, the largest production batch), so they run
+    /// without allocating; after a larger batch (a 2048x2048 slice) it returns the memory
+    /// to the system. 0 shrinks after every batch (slower: every run page-faults its
+    /// tensors afresh).
+    #[arg(long, env = "LDCT_CPU_ARENA_KEEP_PIXELS", default_value_t = 8 * 512 * 512)]
+    pub cpu_arena_keep_pixels: u64,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per
     /// physical core).
     #[arg(long, env = "LDCT_INTRA_THREADS", default_value_t = 0)]

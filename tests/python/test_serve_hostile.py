@@ -321,8 +321,10 @@ def _vm(pid, key):
 @pytest.mark.parametrize("arena", [False, True])
 def test_the_memory_of_a_large_slice_returns_after_its_batch_unless_the_arena_keeps_it(tmp_path, arena):
     # A 2048x2048 slice through an 8-layer model: ONNX Runtime's intermediate tensors
-    # take a few hundred MiB. With the CPU arena off (the default) the server's resident
-    # memory falls back once the batch is done; with --cpu-arena it stays.
+    # take a few hundred MiB. By default the CPU arena keeps only the memory of batches
+    # up to --cpu-arena-keep-pixels (8 x 512 x 512) and shrinks after larger ones, so
+    # the server's resident memory falls back once the batch is done; with --cpu-arena
+    # (never shrink) it stays.
     write_tiny_model(tmp_path / "models" / "tiny", depth=8)
     extra = ["--cpu-arena"] if arena else []
     with Server(tmp_path / "models", "--max-body-bytes", 32 << 20, *extra) as s:

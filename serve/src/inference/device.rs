@@ -38,8 +38,11 @@ pub struct SessionFactory {
     /// The device sessions are created for first.
     pub device: Device,
     pub intra_threads: usize,
-    /// Keep ONNX Runtime's CPU memory arena (`--cpu-arena`).
+    /// Never shrink ONNX Runtime's CPU memory arena (`--cpu-arena`).
     pub cpu_arena: bool,
+    /// Batches up to this many pixels keep their arena memory; larger ones shrink the
+    /// arena after they run (`--cpu-arena-keep-pixels`).
+    pub arena_keep_pixels: usize,
     pub gpu_mem_limit: Option<usize>,
     pub arena_strategy: ArenaStrategy,
     /// Why `device` was chosen (logged at start).
@@ -99,6 +102,7 @@ impl SessionFactory {
             device,
             intra_threads: config.intra_threads,
             cpu_arena: config.cpu_arena,
+            arena_keep_pixels: usize::try_from(config.cpu_arena_keep_pixels).unwrap_or(usize::MAX),
             gpu_mem_limit: config.gpu_mem_limit,
             arena_strategy: config.arena_strategy,
             reason,
@@ -112,6 +116,7 @@ impl SessionFactory {
             device: Device::Cpu,
             intra_threads,
             cpu_arena: false,
+            arena_keep_pixels: 8 * 512 * 512,
             gpu_mem_limit: None,
             arena_strategy: ArenaStrategy::NextPowerOfTwo,
             reason: "cpu".into(),
@@ -133,7 +138,7 @@ impl SessionFactory {
     }
 
     fn cpu_session(&self, path: &Path) -> Result<Session, String> {
-        let cpu = ep::CPU::default().with_arena_allocator(self.cpu_arena);
+        let cpu = ep::CPU::default().with_arena_allocator(true);
         self.builder()?
             .with_execution_providers([cpu.build().error_on_failure()])
             .map_err(|e| format!("cannot configure the CPU execution provider: {e}"))?
@@ -156,6 +161,15 @@ impl SessionFactory {
             .map_err(|e| format!("cannot register the CUDA execution provider: {e}"))?
             .commit_from_file(path)
             .map_err(|e| e.to_string())
+    }
+
+    /// Above how many pixels a batch on `device` shrinks the arena after it runs
+    /// (`None`: never; the CUDA arena has its own limit, `--gpu-mem-limit`).
+    pub fn shrink_above(&self, device: Device) -> Option<usize> {
+        match device {
+            Device::Cpu if !self.cpu_arena => Some(self.arena_keep_pixels),
+            _ => None,
+        }
     }
 
     /// A session for `path` on the chosen device, with the device it really uses.

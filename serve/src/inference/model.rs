@@ -11,7 +11,7 @@ use ldct_proto::contract::{self, Padding, INPUT_NAME, OUTPUT_NAME};
 use ldct_proto::manifest::Manifest;
 use ldct_proto::model_dir::ModelDir;
 use ndarray::{Array4, ArrayD, Ix4};
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
 use super::batcher::Infer;
@@ -32,6 +32,8 @@ pub struct LoadedModel {
     /// Where the output is used and where the input passes (the manifest's rule).
     pub outside: ldct_proto::contract::OutsideWindow,
     pub device: Device,
+    /// Batches above this many pixels shrink ONNX Runtime's CPU arena after they run.
+    shrink_above: Option<usize>,
     /// What the warmup ran before the model was published (`None`: warmup off).
     pub warmup: Option<WarmupReport>,
     sessions: Vec<Mutex<Session>>,
@@ -100,6 +102,7 @@ impl LoadedModel {
             manifest: md.manifest,
             normaliser,
             device,
+            shrink_above: factory.shrink_above(device),
             warmup: None,
             sessions: built.into_iter().map(Mutex::new).collect(),
         };
@@ -211,9 +214,24 @@ impl LoadedModel {
         shape[1] = 1;
         let tensor =
             TensorRef::from_array_view(&batch).map_err(|e| ServeError::Inference(e.to_string()))?;
-        let outputs = session
-            .run(ort::inputs![INPUT_NAME => tensor])
-            .map_err(|e| ServeError::Inference(e.to_string()))?;
+        let pixels = shape[0] * shape[2] * shape[3];
+        // A batch larger than the production ones: its memory goes back to the system
+        // once it has run.
+        let shrink = match self.shrink_above.filter(|&keep| pixels > keep) {
+            Some(_) => {
+                let mut opts =
+                    RunOptions::new().map_err(|e| ServeError::Inference(e.to_string()))?;
+                opts.set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                    .map_err(|e| ServeError::Inference(e.to_string()))?;
+                Some(opts)
+            }
+            None => None,
+        };
+        let outputs = match &shrink {
+            Some(opts) => session.run_with_options(ort::inputs![INPUT_NAME => tensor], opts),
+            None => session.run(ort::inputs![INPUT_NAME => tensor]),
+        }
+        .map_err(|e| ServeError::Inference(e.to_string()))?;
         let y: ArrayD<f32> = outputs[OUTPUT_NAME]
             .try_extract_array::<f32>()
             .map_err(|e| ServeError::Inference(e.to_string()))?
