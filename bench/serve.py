@@ -195,6 +195,7 @@ def main():
     ap.add_argument("--warmup-sizes", default="512", help="the server's --warmup-sizes (default 512)")
     ap.add_argument("--no-cold", action="store_true", help="skip the second server without warmup")
     ap.add_argument("--cpu-arena", action="store_true", help="start the server with --cpu-arena")
+    ap.add_argument("--server-args", default="", help="more ldct-serve flags, space-separated")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -221,7 +222,7 @@ def main():
         cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", "cpu",
                "--intra-threads", str(args.threads), "--max-batch", str(args.max_batch),
                "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024",
-               "--warmup-sizes", warmup_sizes] + (["--cpu-arena"] if args.cpu_arena else [])
+               "--warmup-sizes", warmup_sizes] + (["--cpu-arena"] if args.cpu_arena else []) + args.server_args.split()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -267,6 +268,10 @@ def main():
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
     x = ((np.clip(hu, lo, hi) - lo) / (hi - lo) * (rhi - rlo) + rlo).astype(np.float32)[None, None]
+    if sess.get_inputs()[0].shape[1] == 2:
+        # A noise-conditioned model: a constant noise-map plane (the server computes it
+        # per slice; its value does not change the cost).
+        x = np.concatenate([x, np.full_like(x, 0.01 * (rhi - rlo))], axis=1)
     direct = {}
     for batch in (1, 4, args.max_batch):
         xb = np.repeat(x, batch, axis=0)

@@ -140,6 +140,12 @@ pub struct Config {
     /// physical core).
     #[arg(long, env = "LDCT_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Let ONNX Runtime's intra-op threads spin-wait for work between operators (its
+    /// default): lower latency per run, but the spinning threads take CPU from the
+    /// request handling beside them. `false` makes them sleep.
+    #[arg(long, env = "LDCT_INTRA_OP_SPINNING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub intra_op_spinning: bool,
     /// Inference threads (each with its own session per model). Inference never runs on
     /// the HTTP worker threads.
     #[arg(long, env = "LDCT_INFERENCE_WORKERS", default_value_t = 1,

@@ -38,6 +38,8 @@ pub struct SessionFactory {
     /// The device sessions are created for first.
     pub device: Device,
     pub intra_threads: usize,
+    /// ONNX Runtime's intra-op threads spin between operators (`--intra-op-spinning`).
+    pub intra_op_spinning: bool,
     /// Never shrink ONNX Runtime's CPU memory arena (`--cpu-arena`).
     pub cpu_arena: bool,
     /// Batches up to this many pixels keep their arena memory; larger ones shrink the
@@ -101,6 +103,7 @@ impl SessionFactory {
             choice: config.device,
             device,
             intra_threads: config.intra_threads,
+            intra_op_spinning: config.intra_op_spinning,
             cpu_arena: config.cpu_arena,
             arena_keep_pixels: usize::try_from(config.cpu_arena_keep_pixels).unwrap_or(usize::MAX),
             gpu_mem_limit: config.gpu_mem_limit,
@@ -115,6 +118,7 @@ impl SessionFactory {
             choice: DeviceChoice::Cpu,
             device: Device::Cpu,
             intra_threads,
+            intra_op_spinning: true,
             cpu_arena: false,
             arena_keep_pixels: 8 * 512 * 512,
             gpu_mem_limit: None,
@@ -129,6 +133,9 @@ impl SessionFactory {
             .map_err(|e| e.to_string())?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| e.to_string())?;
+        if !self.intra_op_spinning {
+            b = b.with_intra_op_spinning(false).map_err(|e| e.to_string())?;
+        }
         if self.intra_threads > 0 {
             b = b
                 .with_intra_threads(self.intra_threads)
