@@ -122,7 +122,7 @@ bench-roofline: setup
 
 bench-serve: setup
 	$(CARGO) build --release -p ldct-serve
-	$(RUN_ENV) $(PYTHON) bench/serve.py --bin target/release/ldct-serve
+	$(RUN_ENV) $(PYTHON) bench/serve.py --bin target/release/ldct-serve --model models/default
 
 # Valid and hostile requests together for SOAK_SECONDS (default 600) after a minute of
 # warm-up, on models/default: statuses, p99, RSS over time (bench/soak.py).

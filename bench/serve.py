@@ -289,7 +289,8 @@ def main():
     print(f"ldct-serve bench: 512x512 {source}, model {manifest['name']} {manifest['version']} "
           f"({manifest['arch']['description']}), CPU, {args.threads} intra-op thread(s), "
           f"max batch {args.max_batch}, batch timeout {args.batch_timeout_ms} ms, "
-          f"CPU arena {'on' if args.cpu_arena else 'off'}, machine {os.cpu_count()} cores")
+          f"CPU arena {'never shrinks (--cpu-arena)' if args.cpu_arena else 'keeps production batches'}, "
+          f"machine {os.cpu_count()} cores")
     print()
     print(f"{'':34}{'slices/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     s = server["single"]
