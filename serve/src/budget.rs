@@ -27,6 +27,11 @@ impl ByteBudget {
     }
 
     /// Bytes reserved now.
+    /// The budget in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }

@@ -6,7 +6,8 @@
 //! repository extension), the batcher and its queue, the request timeout, the slice
 //! limits, the bearer token (`authorization: Bearer ...` metadata; health needs none)
 //! and the inference path ([`crate::http::oip::denoise_tensor`]). A message is at most
-//! `--max-body-bytes`. Input data come as `raw_input_contents` (little-endian FP32,
+//! `--max-body-bytes`, and at most [`concurrent_calls`] calls run at once (later ones
+//! wait, unread), so gRPC messages in memory stay within `--max-inflight-bytes`. Input data come as `raw_input_contents` (little-endian FP32,
 //! what tritonclient sends) or `contents.fp32_contents`; the output goes back as
 //! `raw_output_contents`. Errors are gRPC statuses: INVALID_ARGUMENT (4xx of the REST
 //! API), NOT_FOUND (unknown model), UNAUTHENTICATED, RESOURCE_EXHAUSTED (queue full,
@@ -45,6 +46,12 @@ pub fn server(state: AppState, max_message_bytes: usize) -> GrpcInferenceService
     GrpcInferenceServiceServer::new(Service { state })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)
+}
+
+/// How many gRPC calls run at once: as many messages of `max_message_bytes` as the
+/// in-flight budget holds, at least one.
+pub fn concurrent_calls(inflight_bytes: usize, max_message_bytes: usize) -> usize {
+    (inflight_bytes / max_message_bytes.max(1)).max(1)
 }
 
 /// A [`ServeError`] as a gRPC status (the message is the REST API's).
@@ -373,5 +380,47 @@ impl GrpcInferenceService for Service {
             .map(|_| Response::new(pb::RepositoryModelUnloadResponse {}));
         Self::count("RepositoryModelUnload", &result);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_calls_fit_the_inflight_budget() {
+        // The defaults: 256 MiB of bodies, 64 MiB messages.
+        assert_eq!(concurrent_calls(256 << 20, 64 << 20), 4);
+        assert_eq!(concurrent_calls(100, 64), 1);
+        assert_eq!(concurrent_calls(10, 64), 1);
+        assert_eq!(concurrent_calls(1 << 30, 1 << 20), 1024);
+    }
+
+    #[test]
+    fn errors_map_to_the_status_codes_clients_retry_on() {
+        assert_eq!(
+            status(ServeError::QueueFull { capacity: 1 }).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            status(ServeError::Timeout { seconds: 1.0 }).code(),
+            tonic::Code::DeadlineExceeded
+        );
+        assert_eq!(
+            status(ServeError::ShuttingDown).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            status(ServeError::UnknownModel("x".into())).code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            status(ServeError::NonFinite).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            status(ServeError::Internal("x".into())).code(),
+            tonic::Code::Internal
+        );
     }
 }

@@ -136,8 +136,11 @@ async fn start_grpc(
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = crate::grpc::server(state.clone(), max_message_bytes);
+    // Calls beyond this wait (their messages unread, HTTP/2 flow control holding the
+    // senders) so gRPC holds at most --max-inflight-bytes of messages at once.
+    let calls = crate::grpc::concurrent_calls(state.limits.body_budget.limit(), max_message_bytes);
     tracing::info!(
-        "listening on grpc://{local} (Open Inference Protocol gRPC; auth: {})",
+        "listening on grpc://{local} (Open Inference Protocol gRPC; {calls} calls at once; auth: {})",
         if state.limits.api_token.is_some() {
             "bearer token"
         } else {
@@ -147,6 +150,7 @@ async fn start_grpc(
     let task = actix_web::rt::spawn(async move {
         let served = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(64))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(calls))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
