@@ -68,27 +68,7 @@ pub fn estimate_noise(hu: &Array2<f32>) -> Option<NoiseEstimate> {
     }
     let img = hu.as_standard_layout();
     let v = img.as_slice()?;
-    // Residual and Sobel magnitude of every valid interior pixel.
-    let mut samples: Vec<(f32, f32)> = Vec::new();
-    for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            let at = |dy: usize, dx: usize| v[(y + dy - 1) * w + (x + dx - 1)];
-            let n = [
-                [at(0, 0), at(0, 1), at(0, 2)],
-                [at(1, 0), at(1, 1), at(1, 2)],
-                [at(2, 0), at(2, 1), at(2, 2)],
-            ];
-            if n.iter().flatten().any(|&p| !(AIR_HU..CLIP_HU).contains(&p)) {
-                continue;
-            }
-            let r = n[0][0] + n[0][2] + n[2][0] + n[2][2]
-                - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
-                + 4.0 * n[1][1];
-            let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
-            let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
-            samples.push((r.abs(), (gx * gx + gy * gy).sqrt()));
-        }
-    }
+    let samples = valid_samples(v, h, w);
     if samples.len() < MIN_PIXELS {
         return None;
     }
@@ -113,6 +93,44 @@ pub fn estimate_noise(hu: &Array2<f32>) -> Option<NoiseEstimate> {
     })
 }
 
+/// Residual magnitude and Sobel magnitude of every valid interior pixel (its whole 3x3
+/// neighbourhood in `[AIR_HU, CLIP_HU)`), row-major. Validity is one pass over the
+/// pixels, then a 3-wide AND along rows and one across rows, instead of nine checks
+/// per pixel; the arithmetic is the same, so are the values.
+fn valid_samples(v: &[f32], h: usize, w: usize) -> Vec<(f32, f32)> {
+    let ok: Vec<bool> = v.iter().map(|p| (AIR_HU..CLIP_HU).contains(p)).collect();
+    // okh[i]: the pixel and its left and right neighbours are in range.
+    let mut okh = vec![false; h * w];
+    for y in 0..h {
+        let row = y * w;
+        for x in 1..w - 1 {
+            let i = row + x;
+            okh[i] = ok[i - 1] & ok[i] & ok[i + 1];
+        }
+    }
+    let mut samples: Vec<(f32, f32)> = Vec::with_capacity((h - 2) * (w - 2));
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let i = y * w + x;
+            if !(okh[i - w] & okh[i] & okh[i + w]) {
+                continue;
+            }
+            let n = [
+                [v[i - w - 1], v[i - w], v[i - w + 1]],
+                [v[i - 1], v[i], v[i + 1]],
+                [v[i + w - 1], v[i + w], v[i + w + 1]],
+            ];
+            let r = n[0][0] + n[0][2] + n[2][0] + n[2][2]
+                - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
+                + 4.0 * n[1][1];
+            let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
+            let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
+            samples.push((r.abs(), (gx * gx + gy * gy).sqrt()));
+        }
+    }
+    samples
+}
+
 /// `1.4826 * median(|r|) / 6` (reorders `abs_r`; must be non-empty).
 fn robust_sigma(abs_r: &mut [f32]) -> f32 {
     let mid = abs_r.len() / 2;
@@ -124,6 +142,62 @@ fn robust_sigma(abs_r: &mut [f32]) -> f32 {
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
+
+    /// The samples as first written: nine range checks per pixel (the reference for
+    /// [`valid_samples`]).
+    fn reference_samples(v: &[f32], h: usize, w: usize) -> Vec<(f32, f32)> {
+        let mut samples = Vec::new();
+        for y in 1..h - 1 {
+            for x in 1..w - 1 {
+                let at = |dy: usize, dx: usize| v[(y + dy - 1) * w + (x + dx - 1)];
+                let n = [
+                    [at(0, 0), at(0, 1), at(0, 2)],
+                    [at(1, 0), at(1, 1), at(1, 2)],
+                    [at(2, 0), at(2, 1), at(2, 2)],
+                ];
+                if n.iter().flatten().any(|&p| !(AIR_HU..CLIP_HU).contains(&p)) {
+                    continue;
+                }
+                let r = n[0][0] + n[0][2] + n[2][0] + n[2][2]
+                    - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
+                    + 4.0 * n[1][1];
+                let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
+                let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
+                samples.push((r.abs(), (gx * gx + gy * gy).sqrt()));
+            }
+        }
+        samples
+    }
+
+    #[test]
+    fn the_row_and_column_mask_gives_the_nine_check_samples_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let noise = Normal::new(0.0f32, 25.0).unwrap();
+        for (h, w) in [(3, 3), (3, 17), (17, 3), (64, 48), (131, 97)] {
+            let mut img = phantom(h.max(w)).slice(ndarray::s![..h, ..w]).to_owned();
+            img.mapv_inplace(|v| v + noise.sample(&mut rng));
+            // Fill, saturation and NaN scattered through the body.
+            for (k, v) in img.iter_mut().enumerate() {
+                match k % 97 {
+                    0 => *v = -2000.0,
+                    1 => *v = 3071.0,
+                    2 => *v = f32::NAN,
+                    3 => *v = CLIP_HU,
+                    4 => *v = AIR_HU,
+                    _ => {}
+                }
+            }
+            let v = img.as_slice().unwrap();
+            let (a, b) = (valid_samples(v, h, w), reference_samples(v, h, w));
+            assert_eq!(a.len(), b.len(), "{h}x{w}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(
+                    (x.0.to_bits(), x.1.to_bits()),
+                    (y.0.to_bits(), y.1.to_bits())
+                );
+            }
+        }
+    }
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
 
