@@ -16,6 +16,10 @@
 //!   Sequence referencing the source SOP Class / Instance, a Contributing Equipment
 //!   Sequence (manufacturer `ldct`, model name, software version = model version),
 //!   Series Description `"<source description> [ldct <model> <version>]"`;
+//! - labels a PACS shows ([`SeriesLabels`]): a Series Number distinct from the source's
+//!   (source + 1000 by default), a disclaimer in Image Comments, and in the Contributing
+//!   Equipment item a Device UID derived from the model file's SHA-256 (it changes when
+//!   the model changes);
 //! - pixel data written uncompressed (explicit VR little endian, 16 bits allocated,
 //!   the source's Bits Stored and Pixel Representation), stored value =
 //!   `round((HU - intercept) / slope)` clamped to the stored range.
@@ -39,11 +43,44 @@ pub const MANUFACTURER: &str = "ldct";
 /// Implementation Class UID of files ldct writes ("2.25." form, fixed).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.173626946114326655725853596530633465731";
 
+/// Added to the source's Series Number for the derived series (and used as is when the
+/// source has none).
+pub const SERIES_NUMBER_OFFSET: i32 = 1000;
+/// The Image Comments of a derived instance unless configured otherwise.
+pub const DEFAULT_DISCLAIMER: &str =
+    "Processed by ldct (machine denoising of low-dose CT); not for primary diagnosis";
+
+/// How a derived series is labelled for a PACS (DICOM PS3.3 General Series and SOP
+/// Common modules; the IHE AI Results profile's conventions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesLabels {
+    /// Derived Series Number = the source's + this (this when the source has none).
+    pub series_number_offset: i32,
+    /// Written first in Image Comments (0020,4000); empty writes none.
+    pub disclaimer: String,
+}
+
+impl Default for SeriesLabels {
+    fn default() -> Self {
+        Self {
+            series_number_offset: SERIES_NUMBER_OFFSET,
+            disclaimer: DEFAULT_DISCLAIMER.to_owned(),
+        }
+    }
+}
+
+/// The Device UID of a model file (its SHA-256): the same model, the same UID.
+pub fn device_uid(model_sha256: &str) -> String {
+    hashed_uid("device", &[model_sha256.trim()])
+}
+
 /// The model that produced the pixels, and how strongly it was applied.
 #[derive(Debug, Clone, Copy)]
 pub struct DerivedModel<'a> {
     pub name: &'a str,
     pub version: &'a str,
+    /// SHA-256 of the model file (the manifest's `onnx.sha256`): the Device UID.
+    pub sha256: &'a str,
     /// The strength in [0, 1] the denoised image was composed with (1: the model's
     /// output as it is; 0: the input's pixels).
     pub strength: f32,
@@ -114,10 +151,11 @@ pub fn derive_from_bytes(
     source: &[u8],
     denoised_hu: &Array2<f32>,
     model: DerivedModel<'_>,
+    labels: &SeriesLabels,
 ) -> Result<DerivedInstance> {
     let obj = parse_dicom_bytes(source)?;
     let meta = object_meta(&obj)?;
-    derive(&obj, &meta, denoised_hu, model)
+    derive(&obj, &meta, denoised_hu, model, labels)
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -200,6 +238,7 @@ pub fn derive(
     meta: &DicomMeta,
     denoised_hu: &Array2<f32>,
     model: DerivedModel<'_>,
+    labels: &SeriesLabels,
 ) -> Result<DerivedInstance> {
     if meta.frames != 1 {
         return Err(ImagingError::DicomUnsupported(format!(
@@ -270,6 +309,28 @@ pub fn derive(
         }
     }
     obj.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, strs(image_type)));
+    let series_number = text(&obj, tags::SERIES_NUMBER)
+        .and_then(|n| n.parse::<i64>().ok())
+        .map_or(i64::from(labels.series_number_offset), |n| {
+            n + i64::from(labels.series_number_offset)
+        })
+        .clamp(i64::from(i32::MIN), i64::from(i32::MAX));
+    obj.put(DataElement::new(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        PrimitiveValue::from(series_number.to_string()),
+    ));
+    if !labels.disclaimer.trim().is_empty() {
+        let comments = match text(&obj, tags::IMAGE_COMMENTS) {
+            Some(c) => format!("{}\n{c}", labels.disclaimer.trim()),
+            None => labels.disclaimer.trim().to_owned(),
+        };
+        obj.put(DataElement::new(
+            tags::IMAGE_COMMENTS,
+            VR::LT,
+            PrimitiveValue::from(truncate(&comments, 10240)),
+        ));
+    }
     let suffix = format!("[ldct {} {}]", model.name, model.version);
     let description = match text(&obj, tags::SERIES_DESCRIPTION) {
         Some(d) => {
@@ -337,6 +398,11 @@ pub fn derive(
             tags::SOFTWARE_VERSIONS,
             VR::LO,
             PrimitiveValue::from(truncate(model.version, 64)),
+        ),
+        DataElement::new(
+            tags::DEVICE_UID,
+            VR::UI,
+            PrimitiveValue::from(device_uid(model.sha256)),
         ),
         DataElement::new(
             tags::CONTRIBUTION_DESCRIPTION,
@@ -487,6 +553,7 @@ mod tests {
     const MODEL: DerivedModel<'static> = DerivedModel {
         name: "tiny",
         version: "0.1.0",
+        sha256: "ab12",
         strength: 1.0,
     };
 
@@ -502,6 +569,7 @@ mod tests {
                 DerivedModel {
                     name: "tiny",
                     version: "0.2.0",
+                    sha256: "ab12",
                     strength: 1.0,
                 }
             )
@@ -606,6 +674,63 @@ mod tests {
     }
 
     #[test]
+    fn the_series_number_moves_by_the_offset_and_the_device_uid_follows_the_model_file() {
+        let mut obj = parse_dicom_bytes(&source_ct()).unwrap();
+        obj.put(DataElement::new(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            PrimitiveValue::from("3"),
+        ));
+        obj.put(DataElement::new(
+            tags::IMAGE_COMMENTS,
+            VR::LT,
+            PrimitiveValue::from("from the scanner"),
+        ));
+        let meta = object_meta(&obj).unwrap();
+        let hu = Array2::zeros((6, 5));
+        let labels = SeriesLabels {
+            series_number_offset: 500,
+            disclaimer: "Not for diagnosis".into(),
+        };
+        let d = derive(&obj, &meta, &hu, MODEL, &labels).unwrap();
+        let out = parse_dicom_bytes(&d.bytes).unwrap();
+        assert_eq!(text(&out, tags::SERIES_NUMBER).unwrap(), "503");
+        assert_eq!(
+            text(&out, tags::IMAGE_COMMENTS).unwrap(),
+            "Not for diagnosis\nfrom the scanner"
+        );
+        let device = |o: &InMemDicomObject| {
+            let items = o
+                .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .to_vec();
+            text(items.last().unwrap(), tags::DEVICE_UID).unwrap()
+        };
+        let other = DerivedModel {
+            sha256: "cd34",
+            ..MODEL
+        };
+        let d2 = derive(&obj, &meta, &hu, other, &labels).unwrap();
+        let out2 = parse_dicom_bytes(&d2.bytes).unwrap();
+        assert_ne!(device(&out), device(&out2));
+        assert_eq!(device(&out), device_uid("ab12"));
+        assert!(device_uid("ab12").starts_with("2.25."));
+        // No disclaimer configured: the source's comments as they were.
+        let quiet = SeriesLabels {
+            disclaimer: String::new(),
+            ..labels
+        };
+        let d3 = derive(&obj, &meta, &hu, MODEL, &quiet).unwrap();
+        let out3 = parse_dicom_bytes(&d3.bytes).unwrap();
+        assert_eq!(
+            text(&out3, tags::IMAGE_COMMENTS).unwrap(),
+            "from the scanner"
+        );
+    }
+
+    #[test]
     fn derived_instance_round_trips_through_the_reader() {
         let src = source_ct();
         let source = crate::dicom::read_dicom_bytes(&src).unwrap();
@@ -614,7 +739,7 @@ mod tests {
         // "Denoised": shifted by 10.4 HU, one value far below the stored range.
         let mut hu = hu_in.mapv(|v| v + 10.4);
         hu[[5, 4]] = -5000.0;
-        let d = derive_from_bytes(&src, &hu, MODEL).unwrap();
+        let d = derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default()).unwrap();
         let back = crate::dicom::read_dicom_bytes(&d.bytes).unwrap();
         let m = &back.meta;
         assert_eq!(m.transfer_syntax_uid, EXPLICIT_VR_LE);
@@ -673,9 +798,27 @@ mod tests {
             .unwrap()[0];
         assert_eq!(text(eq, tags::MANUFACTURER).unwrap(), "ldct");
         assert_eq!(text(eq, tags::SOFTWARE_VERSIONS).unwrap(), "0.1.0");
+        assert_eq!(text(eq, tags::DEVICE_UID).unwrap(), device_uid("ab12"));
+        // The source has no Series Number: the offset itself; the disclaimer is there.
+        assert_eq!(text(&obj, tags::SERIES_NUMBER).unwrap(), "1000");
+        assert_eq!(
+            text(&obj, tags::IMAGE_COMMENTS).unwrap(),
+            DEFAULT_DISCLAIMER
+        );
         // A retry derives byte-identical output.
-        assert_eq!(derive_from_bytes(&src, &hu, MODEL).unwrap().bytes, d.bytes);
+        assert_eq!(
+            derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default())
+                .unwrap()
+                .bytes,
+            d.bytes
+        );
         // Wrong size is an error, not a panic.
-        assert!(derive_from_bytes(&src, &Array2::zeros((2, 2)), MODEL).is_err());
+        assert!(derive_from_bytes(
+            &src,
+            &Array2::zeros((2, 2)),
+            MODEL,
+            &SeriesLabels::default()
+        )
+        .is_err());
     }
 }

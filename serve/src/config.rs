@@ -200,6 +200,16 @@ pub struct Config {
     #[arg(long, env = "LDCT_BODY_TIMEOUT", default_value_t = 60.0,
           value_parser = parse_seconds)]
     pub body_timeout: f64,
+    /// The derived series' Series Number is the source's plus this (this when the
+    /// source has none), so the two never share a number in a study list.
+    #[arg(long, env = "LDCT_DERIVED_SERIES_NUMBER_OFFSET",
+          default_value_t = ldct_imaging::derived::SERIES_NUMBER_OFFSET)]
+    pub derived_series_number_offset: i32,
+    /// Written first in each derived instance's Image Comments (the source's comments
+    /// follow); empty writes none.
+    #[arg(long, env = "LDCT_DERIVED_DISCLAIMER",
+          default_value = ldct_imaging::derived::DEFAULT_DISCLAIMER)]
+    pub derived_disclaimer: String,
     /// Default denoising strength, from 0 (the input's pixels as they are) to 1 (the
     /// model's full output); requests override it (`?strength=`, the OIP parameter
     /// `strength`, a pull job's `strength`).

@@ -64,6 +64,10 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
             .map(Arc::new)
     };
     let state = AppState {
+        derived: Arc::new(ldct_imaging::derived::SeriesLabels {
+            series_number_offset: config.derived_series_number_offset,
+            disclaimer: config.derived_disclaimer.clone(),
+        }),
         dicomweb,
         registry,
         batcher,

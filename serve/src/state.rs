@@ -35,4 +35,7 @@ pub struct AppState {
     pub strength: f32,
     /// STOW-RS, the spool to the PACS and pull jobs (with `--pacs-url`).
     pub dicomweb: Option<Arc<DicomWeb>>,
+    /// How derived DICOM series are labelled (`--derived-series-number-offset`,
+    /// `--derived-disclaimer`).
+    pub derived: Arc<ldct_imaging::derived::SeriesLabels>,
 }

@@ -25,6 +25,7 @@ const PACS: &str = "http://127.0.0.1:9/dicom-web";
 const MODEL: DerivedModel<'static> = DerivedModel {
     name: "tiny",
     version: "0.1.0",
+    sha256: "",
     strength: 1.0,
 };
 

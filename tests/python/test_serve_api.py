@@ -88,6 +88,12 @@ def test_dicom_in_derived_dicom_out(served, path):
     assert eq.Manufacturer == "ldct"
     assert eq.ManufacturerModelName == "tiny" and eq.SoftwareVersions == "0.1.0"
     assert "[ldct tiny 0.1.0]" in out.SeriesDescription
+    # A Series Number apart from the source's, a disclaimer, the model file's Device UID.
+    src_number = int(src.SeriesNumber) if src.get("SeriesNumber") not in (None, "") else 0
+    assert int(out.SeriesNumber) == src_number + 1000
+    assert out.ImageComments.startswith("Processed by ldct")
+    assert "not for primary diagnosis" in out.ImageComments
+    assert eq.DeviceUID.startswith("2.25.") and eq.DeviceUID.is_valid
     assert r.header("x-ldct-sop-instance-uid") == out.SOPInstanceUID
 
     # Pixel data: HU equal to Python onnxruntime's output on the same input within 1 HU.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use dicom_dictionary_std::tags;
-use ldct_imaging::derived::{self, DerivedModel};
+use ldct_imaging::derived::{self, DerivedModel, SeriesLabels};
 use ldct_imaging::dicom::parse_dicom_bytes_within;
 use ldct_imaging::instance::{self, CtInstance, InstanceError};
 use ldct_imaging::limits::SliceLimits;
@@ -211,6 +211,7 @@ pub async fn denoise_and_spool(
     model: &Arc<LoadedModel>,
     sources: Vec<CtInstance>,
     strength: f32,
+    labels: &Arc<SeriesLabels>,
 ) -> Vec<Result<Accepted, Rejected>> {
     let n = sources.len();
     let ids: Vec<(Option<String>, Option<String>)> = sources
@@ -300,10 +301,12 @@ pub async fn denoise_and_spool(
 
     let m = model.clone();
     let spool = spool.clone();
+    let labels = labels.clone();
     let written = web::block(move || {
         let dm = DerivedModel {
             name: m.name(),
             version: m.version(),
+            sha256: &m.manifest.onnx.sha256,
             strength,
         };
         sources
@@ -311,7 +314,7 @@ pub async fn denoise_and_spool(
             .zip(hu)
             .map(|(src, hu)| -> Result<Accepted, (FailureReason, String)> {
                 let hu = hu.map_err(|e| (serve_reason(&e), e.to_string()))?;
-                let d = derived::derive(&src.obj, &src.meta, &hu, dm)
+                let d = derived::derive(&src.obj, &src.meta, &hu, dm, &labels)
                     .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
                 spool
                     .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))

@@ -154,6 +154,7 @@ async fn receive(
             &model,
             sources,
             strength,
+            &state.derived,
         )
         .await
         {

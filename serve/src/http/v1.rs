@@ -195,6 +195,7 @@ pub async fn denoise(
     let (noise_in, out) = (noise_in?, out?);
 
     let m = model.clone();
+    let labels = state.derived.clone();
     let (body, noise_out, uids) = web::block(move || -> Result<_, ServeError> {
         let noise = estimate_noise_hu(&out);
         match dicom {
@@ -206,8 +207,10 @@ pub async fn denoise(
                     DerivedModel {
                         name: m.name(),
                         version: m.version(),
+                        sha256: &m.manifest.onnx.sha256,
                         strength,
                     },
+                    &labels,
                 )?;
                 Ok((
                     d.bytes,

@@ -284,6 +284,7 @@ async fn denoise_chunk(
             model,
             sources,
             strength,
+            &state.derived,
         )
         .await;
         let mut again = Vec::new();

@@ -237,6 +237,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
         .unwrap(),
     );
     AppState {
+        derived: Arc::new(ldct_imaging::derived::SeriesLabels::default()),
         dicomweb: None,
         registry,
         batcher,
