@@ -24,6 +24,7 @@ use crate::error::ServeError;
 use crate::http::oip::{denoise_tensor, request_limits};
 use crate::http::tensor::{self, DecodedInput};
 use crate::inference::model::LoadedModel;
+use crate::inference::registry::{Registry, ReloadReport};
 use crate::metrics::metrics;
 use crate::state::AppState;
 
@@ -109,6 +110,25 @@ impl Service {
     }
 }
 
+impl Service {
+    /// A repository change (load or unload of `name`) on the blocking pool, counted
+    /// under `method`.
+    async fn change(
+        &self,
+        method: &str,
+        name: String,
+        op: fn(&Registry, &str) -> Result<ReloadReport, ServeError>,
+    ) -> Result<(), Status> {
+        let registry = self.state.registry.clone();
+        let result = match actix_web::web::block(move || op(&registry, &name)).await {
+            Ok(done) => done.map(|_| ()).map_err(status),
+            Err(e) => Err(status(ServeError::from(e))),
+        };
+        Self::count(method, &result);
+        result
+    }
+}
+
 /// An InferParameter as the JSON value the REST API would have received.
 fn json_param(p: &pb::InferParameter) -> Value {
     match &p.parameter_choice {
@@ -171,9 +191,7 @@ fn decode(
                     count * 4
                 )));
             }
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+            tensor::fp32_from_le(raw)
         }
         (k, _) => return Err(bad(format!("{k} raw_input_contents for one input"))),
     };
@@ -223,12 +241,7 @@ impl GrpcInferenceService for Service {
         &self,
         _req: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = !self.state.registry.is_empty()
-            && self
-                .state
-                .batcher
-                .stalled(self.state.limits.request_timeout)
-                .is_none();
+        let ready = self.state.not_ready().is_none();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -261,14 +274,7 @@ impl GrpcInferenceService for Service {
         self.authorise(&req)?;
         let r = req.into_inner();
         let m = self.model(&r.name, &r.version)?;
-        let versions = self
-            .state
-            .registry
-            .snapshot()
-            .versions
-            .get(m.name())
-            .map(|l| l.iter().map(|v| v.version().to_owned()).collect())
-            .unwrap_or_else(|| vec![m.version().to_owned()]);
+        let versions = self.state.registry.versions_of(&m);
         Ok(Response::new(pb::ModelMetadataResponse {
             name: m.name().to_owned(),
             versions,
@@ -291,10 +297,8 @@ impl GrpcInferenceService for Service {
                 denoise_tensor(&self.state, &model, move || decode(req, &limits))
                     .await
                     .map_err(status)?;
-            let mut raw = Vec::with_capacity(data.len() * 4);
-            for v in &data {
-                raw.extend_from_slice(&v.to_le_bytes());
-            }
+            let mut raw = Vec::new();
+            tensor::fp32_to_le(&data, &mut raw);
             let param = |c: ParameterChoice| pb::InferParameter {
                 parameter_choice: Some(c),
             };
@@ -356,14 +360,10 @@ impl GrpcInferenceService for Service {
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         self.authorise(&req)?;
         let name = req.into_inner().model_name;
-        let registry = self.state.registry.clone();
-        let result = actix_web::web::block(move || registry.load(&name))
-            .await
-            .map_err(|e| status(ServeError::from(e)))?
-            .map_err(status)
-            .map(|_| Response::new(pb::RepositoryModelLoadResponse {}));
-        Self::count("RepositoryModelLoad", &result);
-        result
+        let result = self
+            .change("RepositoryModelLoad", name, Registry::load)
+            .await;
+        result.map(|()| Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
@@ -372,14 +372,10 @@ impl GrpcInferenceService for Service {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         self.authorise(&req)?;
         let name = req.into_inner().model_name;
-        let registry = self.state.registry.clone();
-        let result = actix_web::web::block(move || registry.unload(&name))
-            .await
-            .map_err(|e| status(ServeError::from(e)))?
-            .map_err(status)
-            .map(|_| Response::new(pb::RepositoryModelUnloadResponse {}));
-        Self::count("RepositoryModelUnload", &result);
-        result
+        let result = self
+            .change("RepositoryModelUnload", name, Registry::unload)
+            .await;
+        result.map(|()| Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
 

@@ -39,3 +39,15 @@ pub struct AppState {
     /// `--derived-disclaimer`).
     pub derived: Arc<ldct_imaging::derived::SeriesLabels>,
 }
+
+impl AppState {
+    /// Why the server is not ready (no model loaded, inference stalled), or `None`
+    /// when it is: what `/v2/health/ready` and gRPC's ServerReady answer.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.registry.is_empty() {
+            Some("no model is loaded".into())
+        } else {
+            self.batcher.stalled(self.limits.request_timeout)
+        }
+    }
+}

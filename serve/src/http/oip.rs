@@ -76,12 +76,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             "error": why,
         }))
     };
-    if state.registry.is_empty() {
-        unready("no model is loaded".into())
-    } else if let Some(why) = state.batcher.stalled(state.limits.request_timeout) {
-        unready(why)
-    } else {
-        HttpResponse::Ok().json(json!({ "ready": true }))
+    match state.not_ready() {
+        Some(why) => unready(why),
+        None => HttpResponse::Ok().json(json!({ "ready": true })),
     }
 }
 
@@ -96,13 +93,7 @@ fn find(
 /// The model's metadata; `versions` lists every served version of its name.
 fn metadata(state: &AppState, m: &LoadedModel) -> Value {
     let man = &m.manifest;
-    let versions: Vec<String> = state
-        .registry
-        .snapshot()
-        .versions
-        .get(m.name())
-        .map(|list| list.iter().map(|v| v.version().to_owned()).collect())
-        .unwrap_or_else(|| vec![man.version.clone()]);
+    let versions = state.registry.versions_of(m);
     let tensor = |name: &str| json!({"name": name, "datatype": "FP32", "shape": [-1, 1, -1, -1]});
     json!({
         "name": m.name(),

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::middleware::only;
 use crate::error::{OipError, ServeError};
+use crate::inference::registry::{Registry, ReloadReport};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -86,16 +87,7 @@ async fn load(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, OipError> {
-    let _: LoadRequest = parse_small(&small_body(payload).await?)?;
-    let name = path.into_inner();
-    let registry = state.registry.clone();
-    let report = web::block(move || registry.load(&name)).await??;
-    tracing::info!(
-        loaded = report.loaded.len(),
-        unchanged = report.unchanged.len(),
-        "repository load"
-    );
-    Ok(HttpResponse::Ok().json(json!({})))
+    change(state, path, payload, Registry::load).await
 }
 
 async fn unload(
@@ -103,10 +95,26 @@ async fn unload(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, OipError> {
+    change(state, path, payload, Registry::unload).await
+}
+
+/// Runs a repository change (load or unload of the model named in the path) on the
+/// blocking pool; 200 `{}` when it took.
+async fn change(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+    op: fn(&Registry, &str) -> Result<ReloadReport, ServeError>,
+) -> Result<HttpResponse, OipError> {
     let _: LoadRequest = parse_small(&small_body(payload).await?)?;
     let name = path.into_inner();
     let registry = state.registry.clone();
-    let report = web::block(move || registry.unload(&name)).await??;
-    tracing::info!(removed = report.removed.len(), "repository unload");
+    let report = web::block(move || op(&registry, &name)).await??;
+    tracing::info!(
+        loaded = report.loaded.len(),
+        unchanged = report.unchanged.len(),
+        removed = report.removed.len(),
+        "repository change"
+    );
     Ok(HttpResponse::Ok().json(json!({})))
 }

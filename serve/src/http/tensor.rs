@@ -173,6 +173,22 @@ impl<'de> Visitor<'de> for Flat<'_> {
     }
 }
 
+/// FP32 values from little-endian bytes (a multiple of 4 long; the binary tensor
+/// extension and gRPC's raw contents).
+pub fn fp32_from_le(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// FP32 values appended to `out` as little-endian bytes.
+pub fn fp32_to_le(values: &[f32], out: &mut Vec<u8>) {
+    out.reserve(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// Checks an input tensor's name, datatype and shape (`[N, 1, H, W]`) against the
 /// model's input and `limits`, before any of its data is read: `(N, H, W, N*H*W)`.
 pub fn check_input(
@@ -323,9 +339,7 @@ pub fn decode_request(
             }
             let (raw, rest) = binary.split_at(size);
             binary = rest;
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+            fp32_from_le(raw)
         }
         None => {
             let v = input
@@ -400,10 +414,7 @@ pub fn encode_response(
         let data = o.data.take().unwrap_or_default();
         o.parameters
             .insert("binary_data_size".into(), Value::from(data.len() * 4));
-        raw.reserve(data.len() * 4);
-        for v in data {
-            raw.extend_from_slice(&v.to_le_bytes());
-        }
+        fp32_to_le(&data, &mut raw);
     }
     let mut body =
         serde_json::to_vec(&response).map_err(|e| ServeError::Internal(e.to_string()))?;

@@ -220,6 +220,17 @@ impl Registry {
         }
     }
 
+    /// Every served version of `model`'s name, lowest first (its own when the set has
+    /// changed since the caller got it).
+    pub fn versions_of(&self, model: &LoadedModel) -> Vec<String> {
+        self.served
+            .load()
+            .versions
+            .get(model.name())
+            .map(|list| list.iter().map(|v| v.version().to_owned()).collect())
+            .unwrap_or_else(|| vec![model.version().to_owned()])
+    }
+
     /// A model by name and version; without a version, as [`Registry::get`].
     pub fn get_version(
         &self,
