@@ -21,6 +21,9 @@ REQ="$ROOT/scripts/requirements.txt"
 #   orthanc, orthanc-dicomweb: a real PACS with DICOMweb for the STOW-RS / QIDO-RS /
 #     WADO-RS tests (tests/python/test_dicomweb_orthanc.py starts its own instance; the
 #     Debian service is not used)
+#   dcmtk (storescu, storescp, echoscu): the independent DIMSE peers of the C-STORE tests
+#     (tests/python/test_dimse.py)
+#   dicom3tools (dciodvfy): an independent IOD validator for the derived instances
 #   chromium, chromium-driver: the headless browser (and its WebDriver) that
 #     tests/python/test_serve_ui.py drives through the web page (no browser download)
 APT_PACKAGES=(
@@ -30,6 +33,8 @@ APT_PACKAGES=(
   orthanc-dicomweb
   chromium
   chromium-driver
+  dcmtk
+  dicom3tools
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -20,6 +20,12 @@
 //!   (source + 1000 by default), a disclaimer in Image Comments, and in the Contributing
 //!   Equipment item a Device UID derived from the model file's SHA-256 (it changes when
 //!   the model changes);
+//! - what a PACS and a physicist look up ([`Processing`]): Instance Creation Date / Time
+//!   (when the derived instance was written), a Derivation Code Sequence item
+//!   (DCM 113087 "Smoothing", CID 7203 Image Derivation) beside the Derivation
+//!   Description, and a private block (creator [`PRIVATE_CREATOR`] in group
+//!   [`PRIVATE_GROUP`]) with the model's name, version and SHA-256, the strength and the
+//!   estimated noise of the source and of the derived pixels;
 //! - pixel data written uncompressed (explicit VR little endian, 16 bits allocated,
 //!   the source's Bits Stored and Pixel Representation), stored value =
 //!   `round((HU - intercept) / slope)` clamped to the stored range.
@@ -49,6 +55,52 @@ pub const SERIES_NUMBER_OFFSET: i32 = 1000;
 /// The Image Comments of a derived instance unless configured otherwise.
 pub const DEFAULT_DISCLAIMER: &str =
     "Processed by ldct (machine denoising of low-dose CT); not for primary diagnosis";
+
+/// The private group ldct's block goes in, and its Private Creator.
+pub const PRIVATE_GROUP: u16 = 0x0011;
+pub const PRIVATE_CREATOR: &str = "LDCT 1";
+/// Element offsets in ldct's private block (the element is `(group, bb00 + offset)` for
+/// the block `bb` the creator reserves, PS3.5 7.8.1).
+pub mod private {
+    /// LO: model name.
+    pub const MODEL_NAME: u16 = 0x01;
+    /// LO: model version.
+    pub const MODEL_VERSION: u16 = 0x02;
+    /// LO: SHA-256 of the model file (64 hex digits).
+    pub const MODEL_SHA256: u16 = 0x03;
+    /// DS: strength in [0, 1].
+    pub const STRENGTH: u16 = 0x04;
+    /// DS: estimated noise of the source, HU (absent when the slice has too little flat
+    /// tissue for an estimate).
+    pub const NOISE_IN_HU: u16 = 0x05;
+    /// DS: estimated noise of the derived pixels, HU.
+    pub const NOISE_OUT_HU: u16 = 0x06;
+}
+/// The Derivation Code Sequence item of a denoised image (CID 7203 Image Derivation).
+pub const DERIVATION_CODE: (&str, &str, &str) = ("113087", "DCM", "Smoothing");
+
+/// What a derived instance records of its making beyond the model: when it was written
+/// and the noise figures (`Default`: none of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Processing {
+    /// Instance Creation Date (0008,0012) and Time (0008,0013), the server's local time.
+    pub created: Option<chrono::NaiveDateTime>,
+    /// Estimated noise (HU) of the source slice ([`crate::noise::estimate_noise_hu`]).
+    pub noise_in_hu: Option<f32>,
+    /// Estimated noise (HU) of the derived slice.
+    pub noise_out_hu: Option<f32>,
+}
+
+impl Processing {
+    /// Created now (local time), with the given noise figures.
+    pub fn now(noise_in_hu: Option<f32>, noise_out_hu: Option<f32>) -> Self {
+        Self {
+            created: Some(chrono::Local::now().naive_local()),
+            noise_in_hu,
+            noise_out_hu,
+        }
+    }
+}
 
 /// How a derived series is labelled for a PACS (DICOM PS3.3 General Series and SOP
 /// Common modules; the IHE AI Results profile's conventions).
@@ -152,10 +204,11 @@ pub fn derive_from_bytes(
     denoised_hu: &Array2<f32>,
     model: DerivedModel<'_>,
     labels: &SeriesLabels,
+    processing: &Processing,
 ) -> Result<DerivedInstance> {
     let obj = parse_dicom_bytes(source)?;
     let meta = object_meta(&obj)?;
-    derive(&obj, &meta, denoised_hu, model, labels)
+    derive(&obj, &meta, denoised_hu, model, labels, processing)
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -239,6 +292,7 @@ pub fn derive(
     denoised_hu: &Array2<f32>,
     model: DerivedModel<'_>,
     labels: &SeriesLabels,
+    processing: &Processing,
 ) -> Result<DerivedInstance> {
     if meta.frames != 1 {
         return Err(ImagingError::DicomUnsupported(format!(
@@ -355,6 +409,32 @@ pub fn derive(
             model.strength_text()
         )),
     ));
+    let mut derivation: Vec<InMemDicomObject> = source
+        .element_opt(tags::DERIVATION_CODE_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items().map(|items| items.to_vec()))
+        .unwrap_or_default();
+    let (code, scheme, meaning) = DERIVATION_CODE;
+    derivation.push(code_item(code, scheme, meaning));
+    obj.put(DataElement::new(
+        tags::DERIVATION_CODE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(derivation),
+    ));
+    if let Some(created) = processing.created {
+        obj.put(DataElement::new(
+            tags::INSTANCE_CREATION_DATE,
+            VR::DA,
+            PrimitiveValue::from(created.format("%Y%m%d").to_string()),
+        ));
+        obj.put(DataElement::new(
+            tags::INSTANCE_CREATION_TIME,
+            VR::TM,
+            PrimitiveValue::from(created.format("%H%M%S%.6f").to_string()),
+        ));
+    }
+    put_private_block(&mut obj, model, processing);
 
     // Where the pixels came from, and who changed them.
     let mut source_ref = InMemDicomObject::from_element_iter([
@@ -531,6 +611,88 @@ pub fn derive(
     })
 }
 
+/// The Private Creator element of ldct's block in `obj`: the one already there, else
+/// the first free slot (0x10..=0xFF) of [`PRIVATE_GROUP`]; `None` when all are taken.
+fn private_block(obj: &InMemDicomObject) -> Option<u16> {
+    let mut free = None;
+    for slot in 0x10u16..=0xFF {
+        match text(obj, Tag(PRIVATE_GROUP, slot)) {
+            Some(c) if c.trim() == PRIVATE_CREATOR => return Some(slot),
+            Some(_) => {}
+            None if free.is_none()
+                && obj
+                    .element_opt(Tag(PRIVATE_GROUP, slot))
+                    .ok()
+                    .flatten()
+                    .is_none() =>
+            {
+                free = Some(slot)
+            }
+            None => {}
+        }
+    }
+    free
+}
+
+/// Writes ldct's private block: model name, version, SHA-256, strength, noise figures.
+fn put_private_block(obj: &mut InMemDicomObject, model: DerivedModel<'_>, p: &Processing) {
+    let Some(slot) = private_block(obj) else {
+        tracing::warn!(
+            "no free private block in group 0x0011: the private figures are not written"
+        );
+        return;
+    };
+    // Whatever an earlier writer left in the block goes first.
+    let base = slot << 8;
+    let stale: Vec<Tag> = obj
+        .iter()
+        .map(|e| e.header().tag)
+        .filter(|t| t.group() == PRIVATE_GROUP && (t.element() & 0xFF00) == base)
+        .collect();
+    for t in stale {
+        obj.remove_element(t);
+    }
+    obj.put(DataElement::new(
+        Tag(PRIVATE_GROUP, slot),
+        VR::LO,
+        PrimitiveValue::from(PRIVATE_CREATOR),
+    ));
+    let tag = |offset: u16| Tag(PRIVATE_GROUP, base | offset);
+    let lo = |v: &str| PrimitiveValue::from(truncate(v.trim(), 64));
+    obj.put(DataElement::new(
+        tag(private::MODEL_NAME),
+        VR::LO,
+        lo(model.name),
+    ));
+    obj.put(DataElement::new(
+        tag(private::MODEL_VERSION),
+        VR::LO,
+        lo(model.version),
+    ));
+    obj.put(DataElement::new(
+        tag(private::MODEL_SHA256),
+        VR::LO,
+        lo(model.sha256),
+    ));
+    obj.put(DataElement::new(
+        tag(private::STRENGTH),
+        VR::DS,
+        PrimitiveValue::from(model.strength_text()),
+    ));
+    for (offset, v) in [
+        (private::NOISE_IN_HU, p.noise_in_hu),
+        (private::NOISE_OUT_HU, p.noise_out_hu),
+    ] {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            obj.put(DataElement::new(
+                tag(offset),
+                VR::DS,
+                PrimitiveValue::from(format!("{v:.2}")),
+            ));
+        }
+    }
+}
+
 /// A decimal string (DS, at most 16 characters) for a rescale value.
 fn format_ds(v: f64) -> String {
     let plain = format!("{v}");
@@ -555,6 +717,11 @@ mod tests {
         version: "0.1.0",
         sha256: "ab12",
         strength: 1.0,
+    };
+    const NONE: Processing = Processing {
+        created: None,
+        noise_in_hu: None,
+        noise_out_hu: None,
     };
 
     #[test]
@@ -692,7 +859,7 @@ mod tests {
             series_number_offset: 500,
             disclaimer: "Not for diagnosis".into(),
         };
-        let d = derive(&obj, &meta, &hu, MODEL, &labels).unwrap();
+        let d = derive(&obj, &meta, &hu, MODEL, &labels, &NONE).unwrap();
         let out = parse_dicom_bytes(&d.bytes).unwrap();
         assert_eq!(text(&out, tags::SERIES_NUMBER).unwrap(), "503");
         assert_eq!(
@@ -712,7 +879,7 @@ mod tests {
             sha256: "cd34",
             ..MODEL
         };
-        let d2 = derive(&obj, &meta, &hu, other, &labels).unwrap();
+        let d2 = derive(&obj, &meta, &hu, other, &labels, &NONE).unwrap();
         let out2 = parse_dicom_bytes(&d2.bytes).unwrap();
         assert_ne!(device(&out), device(&out2));
         assert_eq!(device(&out), device_uid("ab12"));
@@ -722,7 +889,7 @@ mod tests {
             disclaimer: String::new(),
             ..labels
         };
-        let d3 = derive(&obj, &meta, &hu, MODEL, &quiet).unwrap();
+        let d3 = derive(&obj, &meta, &hu, MODEL, &quiet, &NONE).unwrap();
         let out3 = parse_dicom_bytes(&d3.bytes).unwrap();
         assert_eq!(
             text(&out3, tags::IMAGE_COMMENTS).unwrap(),
@@ -739,7 +906,7 @@ mod tests {
         // "Denoised": shifted by 10.4 HU, one value far below the stored range.
         let mut hu = hu_in.mapv(|v| v + 10.4);
         hu[[5, 4]] = -5000.0;
-        let d = derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default()).unwrap();
+        let d = derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default(), &NONE).unwrap();
         let back = crate::dicom::read_dicom_bytes(&d.bytes).unwrap();
         let m = &back.meta;
         assert_eq!(m.transfer_syntax_uid, EXPLICIT_VR_LE);
@@ -807,7 +974,7 @@ mod tests {
         );
         // A retry derives byte-identical output.
         assert_eq!(
-            derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default())
+            derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default(), &NONE)
                 .unwrap()
                 .bytes,
             d.bytes
@@ -817,8 +984,82 @@ mod tests {
             &src,
             &Array2::zeros((2, 2)),
             MODEL,
-            &SeriesLabels::default()
+            &SeriesLabels::default(),
+            &NONE
         )
         .is_err());
+    }
+
+    #[test]
+    fn creation_time_derivation_code_and_private_block_are_written() {
+        let src = source_ct();
+        let hu = Array2::zeros((6, 5));
+        let created = chrono::NaiveDate::from_ymd_opt(2026, 12, 3)
+            .unwrap()
+            .and_hms_micro_opt(21, 4, 5, 250_000)
+            .unwrap();
+        let p = Processing {
+            created: Some(created),
+            noise_in_hu: Some(27.456),
+            noise_out_hu: Some(f32::NAN),
+        };
+        let d = derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default(), &p).unwrap();
+        let obj = parse_dicom_bytes(&d.bytes).unwrap();
+        assert_eq!(
+            text(&obj, tags::INSTANCE_CREATION_DATE).unwrap(),
+            "20261203"
+        );
+        assert_eq!(
+            text(&obj, tags::INSTANCE_CREATION_TIME).unwrap(),
+            "210405.250000"
+        );
+        let code = &obj
+            .element(tags::DERIVATION_CODE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        assert_eq!(text(code, tags::CODE_VALUE).unwrap(), "113087");
+        assert_eq!(text(code, tags::CODING_SCHEME_DESIGNATOR).unwrap(), "DCM");
+        // The source has no private block: ldct's takes the first slot.
+        assert_eq!(text(&obj, Tag(0x0011, 0x0010)).unwrap(), PRIVATE_CREATOR);
+        let at = |o: u16| text(&obj, Tag(0x0011, 0x1000 | o));
+        assert_eq!(at(private::MODEL_NAME).unwrap(), "tiny");
+        assert_eq!(at(private::MODEL_VERSION).unwrap(), "0.1.0");
+        assert_eq!(at(private::MODEL_SHA256).unwrap(), "ab12");
+        assert_eq!(at(private::STRENGTH).unwrap(), "1.00");
+        assert_eq!(at(private::NOISE_IN_HU).unwrap(), "27.46");
+        // A figure that is not finite is left out, not written as "NaN".
+        assert!(at(private::NOISE_OUT_HU).is_none());
+        // Nothing written without a creation time.
+        let d = derive_from_bytes(&src, &hu, MODEL, &SeriesLabels::default(), &NONE).unwrap();
+        let obj = parse_dicom_bytes(&d.bytes).unwrap();
+        assert!(text(&obj, tags::INSTANCE_CREATION_DATE).is_none());
+    }
+
+    #[test]
+    fn the_private_block_takes_a_free_slot_and_keeps_other_creators() {
+        let mut obj = parse_dicom_bytes(&source_ct()).unwrap();
+        obj.put(DataElement::new(
+            Tag(0x0011, 0x0010),
+            VR::LO,
+            PrimitiveValue::from("ACME 1"),
+        ));
+        obj.put(DataElement::new(
+            Tag(0x0011, 0x1001),
+            VR::LO,
+            PrimitiveValue::from("acme value"),
+        ));
+        let meta = object_meta(&obj).unwrap();
+        let hu = Array2::zeros((6, 5));
+        let p = Processing {
+            noise_out_hu: Some(3.0),
+            ..NONE
+        };
+        let d = derive(&obj, &meta, &hu, MODEL, &SeriesLabels::default(), &p).unwrap();
+        let out = parse_dicom_bytes(&d.bytes).unwrap();
+        assert_eq!(text(&out, Tag(0x0011, 0x1001)).unwrap(), "acme value");
+        assert_eq!(text(&out, Tag(0x0011, 0x0011)).unwrap(), PRIVATE_CREATOR);
+        assert_eq!(text(&out, Tag(0x0011, 0x1101)).unwrap(), "tiny");
+        assert_eq!(text(&out, Tag(0x0011, 0x1106)).unwrap(), "3.00");
     }
 }

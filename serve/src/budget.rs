@@ -78,6 +78,12 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Gives every byte back (the reservation can grow again).
+    pub fn release(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.bytes = 0;
+    }
 }
 
 impl Drop for Reservation {

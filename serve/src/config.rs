@@ -319,6 +319,55 @@ pub struct Config {
     /// Largest STOW-RS request body in bytes (413 beyond it).
     #[arg(long, env = "LDCT_DICOMWEB_MAX_BODY_BYTES", default_value_t = 512 << 20)]
     pub dicomweb_max_body_bytes: usize,
+    /// Push derived instances to this DICOM node by C-STORE instead of STOW-RS:
+    /// `HOST:PORT:AET` (e.g. `pacs.local:104:PACS`), calling as --dimse-ae-title. The
+    /// spool, retries and `failed/` folder are those of STOW-RS. With --pacs-url as
+    /// well, pull jobs still search and fetch by DICOMweb there.
+    #[arg(long, env = "LDCT_PACS_DIMSE", value_parser = parse_dimse_peer)]
+    pub pacs_dimse: Option<crate::dimse::access::DimsePeer>,
+    /// Also accept DICOM networking on this address (e.g. 0.0.0.0:11112): a C-ECHO and
+    /// C-STORE SCP for CT Image Storage. Each received instance is denoised and its
+    /// derived instance spooled for the PACS before the C-STORE response says success.
+    /// Needs --pacs-url or --pacs-dimse (where derived instances go). DICOM TLS with
+    /// --tls-cert/--tls-key.
+    #[arg(long, env = "LDCT_DIMSE_BIND")]
+    pub dimse_bind: Option<String>,
+    /// This server's AE title: associations must call it; C-STOREs to --pacs-dimse come
+    /// from it.
+    #[arg(long, env = "LDCT_DIMSE_AE_TITLE", default_value = "LDCT",
+          value_parser = crate::dimse::access::parse_ae_title)]
+    pub dimse_ae_title: String,
+    /// Who may open associations (comma-separated): calling AE titles and/or IP
+    /// addresses or networks, e.g. `CT01,CT02,10.20.0.0/16`. A caller must match one of
+    /// the AE titles when any is listed, and one of the networks when any is listed.
+    /// Empty: anyone (refused on a non-loopback --dimse-bind unless
+    /// --allow-unauthenticated).
+    #[arg(long, env = "LDCT_DIMSE_ALLOWED_CALLERS", value_delimiter = ',')]
+    pub dimse_allowed_callers: Vec<String>,
+    /// Largest PDU received (bytes), as announced to peers.
+    #[arg(long, env = "LDCT_DIMSE_MAX_PDU", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(4096..=1_048_576))]
+    pub dimse_max_pdu: u32,
+    /// Most DIMSE associations at once; beyond it new ones are refused (transient,
+    /// local limit exceeded) before any data is sent.
+    #[arg(long, env = "LDCT_DIMSE_MAX_ASSOCIATIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub dimse_max_associations: u32,
+    /// Refuse new associations (transient, temporary congestion) while the spool holds
+    /// more than this fraction of --spool-max-bytes: senders retry later rather than
+    /// have instances refused after sending them.
+    #[arg(long, env = "LDCT_DIMSE_SPOOL_WATERMARK", default_value_t = 0.9,
+          value_parser = parse_fraction)]
+    pub dimse_spool_watermark: f64,
+    /// Longest wait for a DIMSE peer's next PDU, and for a C-STORE response from
+    /// --pacs-dimse (seconds).
+    #[arg(long, env = "LDCT_DIMSE_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub dimse_timeout: f64,
+    /// Append one JSON line per derived instance (time, route, caller, source and
+    /// derived UIDs, model name/version/SHA-256, strength, outcome; never patient
+    /// attributes) to this file; `-` is standard output.
+    #[arg(long, env = "LDCT_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Serve the DICOMweb routes (`--pacs-url`) on a non-loopback address without
     /// `--api-token`: refused unless given, since anyone who reaches the port could
     /// then push to and pull from the PACS through the server.
@@ -381,6 +430,17 @@ fn parse_strength(s: &str) -> Result<f32, String> {
     }
 }
 
+fn parse_dimse_peer(s: &str) -> Result<crate::dimse::access::DimsePeer, String> {
+    s.parse()
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} must be a fraction in (0, 1]")),
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -417,7 +477,7 @@ pub enum SecretError {
 }
 
 /// Whether `--bind` listens on loopback only (an IP address, or `localhost`).
-fn bind_is_loopback(bind: &str) -> bool {
+pub fn bind_is_loopback(bind: &str) -> bool {
     match bind.parse::<std::net::SocketAddr>() {
         Ok(addr) => addr.ip().is_loopback(),
         Err(_) => bind
@@ -497,11 +557,14 @@ impl Config {
         Ok(())
     }
 
-    /// Whether `--pacs-url` is given (not blank): DICOMweb, STOW-RS and pull jobs on.
+    /// Whether a PACS is configured (`--pacs-url` not blank, or `--pacs-dimse`): the
+    /// spool, STOW-RS and (with `--pacs-url`) pull jobs on.
     pub fn pacs_configured(&self) -> bool {
-        self.pacs_url
-            .as_deref()
-            .is_some_and(|u| !u.trim().is_empty())
+        self.pacs_dimse.is_some()
+            || self
+                .pacs_url
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty())
     }
 
     /// The largest body a request may send: `--max-body-bytes`, and with `--pacs-url`
@@ -678,6 +741,28 @@ mod tests {
         assert!(Config::try_parse_from(["ldct-serve", "--tls-cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["ldct-serve", "--device", "tpu"]).is_err());
         assert!(Config::try_parse_from(["ldct-serve", "--pacs-batch", "0"]).is_err());
+        for bad in [
+            &["--pacs-dimse", "pacs:104"][..],
+            &["--dimse-ae-title", "A_TITLE_OF_17_CHR"],
+            &["--dimse-spool-watermark", "0"],
+            &["--dimse-spool-watermark", "1.5"],
+            &["--dimse-max-pdu", "100"],
+            &["--dimse-max-associations", "0"],
+        ] {
+            let args = [&["ldct-serve"][..], bad].concat();
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let c = Config::try_parse_from([
+            "ldct-serve",
+            "--pacs-dimse",
+            "pacs.local:104:PACS",
+            "--dimse-allowed-callers",
+            "CT01,10.0.0.0/8",
+        ])
+        .unwrap();
+        assert!(c.pacs_configured());
+        assert_eq!(c.pacs_dimse.unwrap().ae_title, "PACS");
+        assert_eq!(c.dimse_allowed_callers, ["CT01", "10.0.0.0/8"]);
         assert!(Config::try_parse_from(["ldct-serve", "--pacs-password", "p"]).is_err());
         assert!(
             Config::try_parse_from(["ldct-serve", "--pacs-user", "u", "--pacs-token", "t"])

@@ -16,6 +16,9 @@
 //! - [`state`]: what a handler gets (registry, batcher, limits, DICOMweb).
 //! - [`jobs`]: pull jobs ([`jobs::store`]: the job files, retention; [`jobs::runner`]:
 //!   QIDO-RS + WADO-RS from the PACS, denoise, spool).
+//! - [`dimse`]: DICOM networking: the C-ECHO / C-STORE SCP (`--dimse-bind`, denoising
+//!   through [`dicomweb::process`]) and the C-STORE SCU of `--pacs-dimse`.
+//! - [`audit`]: the audit trail of derived instances (`--audit-log`).
 //! - [`dicomweb`]: the PACS side: the DICOMweb client, `multipart/related`, the spool
 //!   and its push worker, the shared denoise-and-spool steps, the STOW-RS response.
 //! - [`inference`]: device and ONNX Runtime sessions, loaded models, the registry, the
@@ -26,9 +29,11 @@
 //!   forms), [`metrics`] (Prometheus), [`config`] (flags).
 //! - [`server`], [`tls`]: start and graceful stop.
 
+pub mod audit;
 pub mod budget;
 pub mod config;
 pub mod dicomweb;
+pub mod dimse;
 pub mod durable;
 pub mod error;
 pub mod grpc;

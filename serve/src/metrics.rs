@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -32,6 +32,14 @@ pub struct Metrics {
     /// `ldct_grpc_requests_total{method, code}`: gRPC calls that run inference or change
     /// the repository, by method and status code.
     pub grpc_requests: IntCounterVec,
+    /// `ldct_dimse_associations_total{result}`: DIMSE associations by result
+    /// (accepted, refused_caller, refused_busy, refused_spool, failed).
+    pub dimse_associations: IntCounterVec,
+    /// `ldct_dimse_instances_total{result}`: C-STORE instances received, by result
+    /// (accepted, failed).
+    pub dimse_instances: IntCounterVec,
+    /// `ldct_audit_write_errors_total`: audit records that could not be written.
+    pub audit_write_errors: IntCounter,
     /// `ldct_model_warmup_duration_seconds{model}`: how long a model's warmup took
     /// (every session, every warmup shape) before it was published.
     pub warmup_duration: HistogramVec,
@@ -152,6 +160,22 @@ impl Metrics {
                 "gRPC calls that run inference or change the repository, by method and status code.",
                 &["method", "code"],
             ),
+            dimse_associations: counter(
+                "ldct_dimse_associations_total",
+                "DIMSE associations by result (accepted, refused_caller, refused_busy, \
+                 refused_spool, failed).",
+                &["result"],
+            ),
+            dimse_instances: counter(
+                "ldct_dimse_instances_total",
+                "Instances received by DIMSE C-STORE, by result (accepted, failed).",
+                &["result"],
+            ),
+            audit_write_errors: IntCounter::new(
+                "ldct_audit_write_errors_total",
+                "Audit records that could not be written to --audit-log.",
+            )
+            .unwrap_or_else(|e| invalid("ldct_audit_write_errors_total", e)),
             warmup_duration: histogram(
                 "ldct_model_warmup_duration_seconds",
                 "Duration of a model's warmup (every session, every warmup shape) before it \
@@ -218,6 +242,9 @@ impl Metrics {
             Box::new(m.models_loaded.clone()),
             Box::new(m.warmup_duration.clone()),
             Box::new(m.grpc_requests.clone()),
+            Box::new(m.dimse_associations.clone()),
+            Box::new(m.dimse_instances.clone()),
+            Box::new(m.audit_write_errors.clone()),
             Box::new(m.noise_in.clone()),
             Box::new(m.noise_out.clone()),
             Box::new(m.spool_depth.clone()),
@@ -306,6 +333,9 @@ mod tests {
         m.grpc_requests
             .with_label_values(&["ModelInfer", "OK"])
             .inc();
+        m.dimse_associations.with_label_values(&["accepted"]).inc();
+        m.dimse_instances.with_label_values(&["accepted"]).inc();
+        m.audit_write_errors.inc_by(0);
         m.noise_in.with_label_values(&["tiny"]).observe(20.0);
         m.noise_out.with_label_values(&["tiny"]).observe(8.0);
         m.pacs_push.with_label_values(&["ok"]).inc();
@@ -328,6 +358,9 @@ mod tests {
             "ldct_models_loaded",
             "ldct_model_warmup_duration_seconds",
             "ldct_grpc_requests_total",
+            "ldct_dimse_associations_total",
+            "ldct_dimse_instances_total",
+            "ldct_audit_write_errors_total",
             "ldct_noise_in_hu",
             "ldct_noise_out_hu",
             "ldct_spool_depth",

@@ -69,6 +69,10 @@ fn build(config: &Config) -> anyhow::Result<(AppState, ReloadReport)> {
             disclaimer: config.derived_disclaimer.clone(),
         }),
         dicomweb,
+        audit: match &config.audit_log {
+            Some(path) => Some(Arc::new(crate::audit::AuditLog::open(path)?)),
+            None => None,
+        },
         registry,
         batcher,
         strength: config.strength,
@@ -111,15 +115,16 @@ fn start_dicomweb(state: &AppState) {
         return;
     };
     tracing::info!(
-        pacs = %dw.pacs.root,
-        auth = ?dw.pacs.auth,
+        pacs = dw.pacs.as_ref().map_or("none", |p| p.root.as_str()),
+        auth = ?dw.pacs.as_ref().map(|p| &p.auth),
+        push = %dw.target,
         queued = dw.spool.depth(),
         spool_bytes = dw.spool.bytes(),
         spool_max_bytes = dw.spool.max_bytes(),
         jobs_keep = %dw.jobs.keep(),
         "DICOMweb enabled"
     );
-    actix_web::rt::spawn(push::run(dw.spool.clone(), dw.pacs.clone(), dw.push));
+    actix_web::rt::spawn(push::run(dw.spool.clone(), dw.target.clone(), dw.push));
     actix_web::rt::spawn(runner::run(state.clone()));
 }
 
@@ -167,6 +172,44 @@ async fn start_grpc(
     Ok((stop, task))
 }
 
+/// The SCP's settings from the flags, checked: `--dimse-bind` needs a PACS to push to,
+/// and an allow-list (or `--allow-unauthenticated`) off loopback.
+fn dimse_config(
+    config: &Config,
+    tls: Option<&rustls::ServerConfig>,
+) -> anyhow::Result<crate::dimse::scp::ScpConfig> {
+    let bind = config.dimse_bind.as_deref().unwrap_or_default();
+    if !config.pacs_configured() {
+        anyhow::bail!(
+            "--dimse-bind needs somewhere to push the derived instances: --pacs-url or \
+             --pacs-dimse"
+        );
+    }
+    let allow = crate::dimse::access::AllowList::parse(&config.dimse_allowed_callers)
+        .map_err(anyhow::Error::msg)?;
+    if allow.is_open() && !config.allow_unauthenticated && !crate::config::bind_is_loopback(bind) {
+        anyhow::bail!(
+            "--dimse-bind {bind} (not a loopback address) and no --dimse-allowed-callers: \
+             anyone who reaches the port could store instances and fill the spool; list \
+             the callers or give --allow-unauthenticated"
+        );
+    }
+    Ok(crate::dimse::scp::ScpConfig {
+        ae_title: config.dimse_ae_title.clone(),
+        allow,
+        max_pdu: config.dimse_max_pdu,
+        max_associations: config.dimse_max_associations as usize,
+        spool_watermark: config.dimse_spool_watermark,
+        timeout: std::time::Duration::from_secs_f64(config.dimse_timeout),
+        tls: tls.map(|t| {
+            // DICOM TLS peers (dcmtk, PACS) send no ALPN: accept them without one.
+            let mut t = t.clone();
+            t.alpn_protocols.clear();
+            Arc::new(t)
+        }),
+    })
+}
+
 /// Runs until SIGINT / SIGTERM: then stops accepting connections, lets in-flight
 /// requests finish (up to `--shutdown-timeout`), drains the inference queue and returns.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
@@ -177,6 +220,10 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
+    };
+    let dimse = match &config.dimse_bind {
+        Some(_) => Some(dimse_config(&config, tls.as_ref())?),
+        None => None,
     };
     let state = build_state(&config)?;
     let batcher = state.batcher.clone();
@@ -209,7 +256,17 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             Some(addr) => Some(start_grpc(addr, &state, config.max_body_bytes).await?),
             None => None,
         };
+        let dimse = match (&config.dimse_bind, dimse, &state.dicomweb) {
+            (Some(addr), Some(cfg), Some(dw)) => {
+                Some(crate::dimse::scp::start(addr, cfg, state.clone(), dw.clone()).await?)
+            }
+            _ => None,
+        };
         let served = server.run().await.context("HTTP server");
+        if let Some((stop, task)) = dimse {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         if let Some((stop, task)) = grpc {
             // The HTTP side has finished its in-flight requests: let gRPC finish its own.
             let _ = stop.send(());

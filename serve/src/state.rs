@@ -38,9 +38,25 @@ pub struct AppState {
     /// How derived DICOM series are labelled (`--derived-series-number-offset`,
     /// `--derived-disclaimer`).
     pub derived: Arc<ldct_imaging::derived::SeriesLabels>,
+    /// The audit trail of derived instances (`--audit-log`).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl AppState {
+    /// What [`crate::dicomweb::process::denoise_and_spool`] needs, writing to `spool`.
+    pub fn spooling<'a>(
+        &'a self,
+        spool: &'a Arc<crate::dicomweb::spool::Spool>,
+    ) -> crate::dicomweb::process::Spooling<'a> {
+        crate::dicomweb::process::Spooling {
+            batcher: &self.batcher,
+            timeout: self.limits.request_timeout,
+            spool,
+            labels: &self.derived,
+            audit: self.audit.as_deref(),
+        }
+    }
+
     /// Why the server is not ready (no model loaded, inference stalled), or `None`
     /// when it is: what `/v2/health/ready` and gRPC's ServerReady answer.
     pub fn not_ready(&self) -> Option<String> {

@@ -767,7 +767,11 @@ async fn the_push_worker_retries_then_files_away_what_the_pacs_refuses() {
         retry_max: Duration::from_millis(200),
         ..PushPolicy::default()
     };
-    let worker = actix_web::rt::spawn(push::run(spool.clone(), pacs, policy));
+    let worker = actix_web::rt::spawn(push::run(
+        spool.clone(),
+        push::PushTarget::Stow(pacs),
+        policy,
+    ));
     for _ in 0..200 {
         if spool.depth() == 0 {
             break;

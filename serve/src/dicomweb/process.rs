@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use dicom_dictionary_std::tags;
-use ldct_imaging::derived::{self, DerivedModel, SeriesLabels};
+use ldct_imaging::derived::{self, DerivedModel, Processing, SeriesLabels};
 use ldct_imaging::dicom::parse_dicom_bytes_within;
 use ldct_imaging::instance::{self, CtInstance, InstanceError};
 use ldct_imaging::limits::SliceLimits;
@@ -18,6 +18,7 @@ use ndarray::Array2;
 
 use super::multipart::MediaType;
 use super::spool::{ContentKey, Spool, SpoolError};
+use crate::audit::{self, AuditLog, ModelRef, Origin, Record};
 use crate::error::ServeError;
 use crate::inference::batcher::Batcher;
 use crate::inference::model::LoadedModel;
@@ -194,6 +195,17 @@ fn content_key(hu: &Array2<f32>) -> ContentKey {
     h.finalize().into()
 }
 
+/// Where [`denoise_and_spool`] runs, writes and records: the inference queue and its
+/// timeout, the spool, the derived series' labels and the audit log.
+#[derive(Clone, Copy)]
+pub struct Spooling<'a> {
+    pub batcher: &'a Batcher,
+    pub timeout: Duration,
+    pub spool: &'a Arc<Spool>,
+    pub labels: &'a Arc<SeriesLabels>,
+    pub audit: Option<&'a AuditLog>,
+}
+
 /// How many slices one chunk queues at once: room for other requests in the queue,
 /// several batches' worth.
 pub fn chunk_size(batcher: &Batcher) -> usize {
@@ -204,15 +216,78 @@ pub fn chunk_size(batcher: &Batcher) -> usize {
 /// Denoises `sources` (one chunk: all queued together), writes each derived instance
 /// and puts it in the spool. Results are in the order of `sources`. A full inference
 /// queue is waited out (up to `timeout`); other failures reject the slices they hit.
+///
+/// Each slice's outcome goes to the audit log (`--audit-log`) with `origin`.
 pub async fn denoise_and_spool(
-    batcher: &Batcher,
-    timeout: Duration,
-    spool: &Arc<Spool>,
+    to: &Spooling<'_>,
     model: &Arc<LoadedModel>,
     sources: Vec<CtInstance>,
     strength: f32,
-    labels: &Arc<SeriesLabels>,
+    origin: &Origin,
 ) -> Vec<Result<Accepted, Rejected>> {
+    let series: Vec<Option<String>> = sources
+        .iter()
+        .map(|s| {
+            s.meta
+                .series_instance_uid
+                .as_deref()
+                .map(|u| u.trim().to_owned())
+        })
+        .collect();
+    let results = denoise_and_write(to, model, sources, strength).await;
+    if let Some(log) = to.audit {
+        let time = audit::now();
+        let m = ModelRef {
+            name: model.name(),
+            version: model.version(),
+            sha256: &model.manifest.onnx.sha256,
+        };
+        for (r, series) in results.iter().zip(&series) {
+            let (source_sop, derived, outcome, status) = match r {
+                Ok(a) => (
+                    Some(a.source_sop_instance_uid.as_str()),
+                    Some(a),
+                    "accepted",
+                    None,
+                ),
+                Err(f) => (
+                    f.sop_instance_uid.as_deref(),
+                    None,
+                    "failed",
+                    Some(format!("0x{:04X}", f.reason.code())),
+                ),
+            };
+            log.write(&Record {
+                time: time.clone(),
+                route: origin.route,
+                caller: &origin.caller,
+                source_sop_instance_uid: source_sop,
+                source_series_instance_uid: series.as_deref(),
+                derived_sop_instance_uid: derived.map(|a| a.sop_instance_uid.as_str()),
+                derived_series_instance_uid: derived.map(|a| a.series_instance_uid.as_str()),
+                model: m.clone(),
+                strength,
+                outcome,
+                status,
+            });
+        }
+    }
+    results
+}
+
+async fn denoise_and_write(
+    to: &Spooling<'_>,
+    model: &Arc<LoadedModel>,
+    sources: Vec<CtInstance>,
+    strength: f32,
+) -> Vec<Result<Accepted, Rejected>> {
+    let Spooling {
+        batcher,
+        timeout,
+        spool,
+        labels,
+        ..
+    } = *to;
     let n = sources.len();
     let ids: Vec<(Option<String>, Option<String>)> = sources
         .iter()
@@ -314,7 +389,11 @@ pub async fn denoise_and_spool(
             .zip(hu)
             .map(|(src, hu)| -> Result<Accepted, (FailureReason, String)> {
                 let hu = hu.map_err(|e| (serve_reason(&e), e.to_string()))?;
-                let d = derived::derive(&src.obj, &src.meta, &hu, dm, &labels)
+                let processing = Processing::now(
+                    ldct_imaging::noise::estimate_noise_hu(&src.hu),
+                    ldct_imaging::noise::estimate_noise_hu(&hu),
+                );
+                let d = derived::derive(&src.obj, &src.meta, &hu, dm, &labels, &processing)
                     .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
                 spool
                     .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))

@@ -1,4 +1,5 @@
-//! The push worker: drains the spool to the PACS by STOW-RS, oldest first, in batches.
+//! The push worker: drains the spool to the PACS, oldest first, in batches: by STOW-RS
+//! (`--pacs-url`) or by DIMSE C-STORE (`--pacs-dimse`, [`crate::dimse::scu`]).
 //!
 //! - Stored instances are deleted from the spool (`ldct_pacs_push_total{result="ok"}`).
 //! - The PACS is unreachable, overloaded, failing or refusing our credentials (network
@@ -18,9 +19,79 @@ use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
 
-use super::client::{InstanceOutcome, PacsClient, PacsConfig};
+use super::client::{InstanceOutcome, PacsClient, PacsConfig, PacsError};
 use super::spool::{Entry, Spool};
+use crate::dimse::scu::{ScuError, StoreScu};
 use crate::metrics::metrics;
+
+/// Where derived instances go.
+#[derive(Debug, Clone)]
+pub enum PushTarget {
+    /// STOW-RS to the DICOMweb PACS (`--pacs-url`).
+    Stow(PacsConfig),
+    /// C-STORE to a DICOM node (`--pacs-dimse`).
+    Dimse(StoreScu),
+}
+
+impl std::fmt::Display for PushTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushTarget::Stow(p) => write!(f, "STOW-RS {}", p.root),
+            PushTarget::Dimse(s) => write!(f, "C-STORE {}", s.peer),
+        }
+    }
+}
+
+enum Sender {
+    Stow(PacsClient),
+    Dimse(StoreScu),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error(transparent)]
+    Stow(#[from] PacsError),
+    #[error(transparent)]
+    Dimse(#[from] ScuError),
+}
+
+impl PushError {
+    fn refuses_content(&self) -> bool {
+        match self {
+            PushError::Stow(e) => e.refuses_content(),
+            // C-STORE refusals are per instance; a failed association is retried.
+            PushError::Dimse(_) => false,
+        }
+    }
+
+    fn summary(&self) -> String {
+        match self {
+            PushError::Stow(e) => e.summary(),
+            PushError::Dimse(e) => e.summary(),
+        }
+    }
+}
+
+impl Sender {
+    async fn send(
+        &self,
+        bodies: &[Bytes],
+        sops: &[String],
+    ) -> Result<Vec<InstanceOutcome>, PushError> {
+        match self {
+            Sender::Stow(c) => Ok(c.stow(bodies, sops).await?),
+            Sender::Dimse(scu) => {
+                let started = std::time::Instant::now();
+                let r = scu.store(bodies).await;
+                metrics()
+                    .pacs_request_duration
+                    .with_label_values(&["c-store"])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(r?)
+            }
+        }
+    }
+}
 
 /// Batching and retry settings of the push worker.
 #[derive(Debug, Clone, Copy)]
@@ -52,13 +123,16 @@ fn count(result: &str, n: usize) {
 }
 
 /// Runs forever on the current (actix) runtime.
-pub async fn run(spool: Arc<Spool>, pacs: PacsConfig, policy: PushPolicy) {
-    let client = PacsClient::new(&pacs);
+pub async fn run(spool: Arc<Spool>, target: PushTarget, policy: PushPolicy) {
+    let client = match &target {
+        PushTarget::Stow(pacs) => Sender::Stow(PacsClient::new(pacs)),
+        PushTarget::Dimse(scu) => Sender::Dimse(scu.clone()),
+    };
     let mut backoff = policy.retry_min;
     // Instances still to send one per request after a refused batch.
     let mut isolate = 0usize;
     tracing::info!(
-        pacs = %pacs.root,
+        target = %target,
         queued = spool.depth(),
         "PACS push worker started"
     );
@@ -73,7 +147,7 @@ pub async fn run(spool: Arc<Spool>, pacs: PacsConfig, policy: PushPolicy) {
             continue;
         };
         let sops: Vec<String> = entries.iter().map(|e| e.sop_instance_uid.clone()).collect();
-        match client.stow(&bodies, &sops).await {
+        match client.send(&bodies, &sops).await {
             Ok(outcomes) => {
                 isolate = isolate.saturating_sub(1);
                 let mut retry = false;
@@ -106,11 +180,7 @@ pub async fn run(spool: Arc<Spool>, pacs: PacsConfig, policy: PushPolicy) {
                         "the PACS refused instances: moved to the spool's failed/ folder"
                     );
                 }
-                tracing::info!(
-                    pushed = ok,
-                    queued = spool.depth(),
-                    "STOW-RS to the PACS done"
-                );
+                tracing::info!(pushed = ok, queued = spool.depth(), "push to the PACS done");
                 if retry {
                     tracing::warn!(
                         failed,
@@ -139,7 +209,7 @@ pub async fn run(spool: Arc<Spool>, pacs: PacsConfig, policy: PushPolicy) {
             }
             Err(e) => {
                 count("failed", entries.len());
-                tracing::debug!(error = %e, "STOW-RS to the PACS failed");
+                tracing::debug!(error = %e, "push to the PACS failed");
                 tracing::warn!(
                     error = %e.summary(),
                     queued = spool.depth(),

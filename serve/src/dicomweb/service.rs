@@ -1,19 +1,25 @@
-//! The DICOMweb side of the server, from the flags: the PACS, the spool, the pull jobs
-//! and the push policy (present with `--pacs-url`).
+//! The PACS side of the server, from the flags: the DICOMweb PACS, where derived
+//! instances are pushed, the spool, the pull jobs and the push policy (present with
+//! `--pacs-url` or `--pacs-dimse`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::client::{PacsAuth, PacsConfig, PacsConfigError};
-use super::push::PushPolicy;
+use super::push::{PushPolicy, PushTarget};
 use super::spool::{Spool, SpoolError};
 use crate::config::Config;
+use crate::dimse::scu::StoreScu;
 use crate::jobs::store::{Jobs, JobsError};
 
-/// The DICOMweb side of the server (present with `--pacs-url`).
+/// The PACS side of the server (present with `--pacs-url` or `--pacs-dimse`).
 pub struct DicomWeb {
-    pub pacs: PacsConfig,
+    /// The DICOMweb PACS (`--pacs-url`): pull jobs search and fetch there, and derived
+    /// instances go there by STOW-RS unless `--pacs-dimse` is given.
+    pub pacs: Option<PacsConfig>,
+    /// Where derived instances are pushed.
+    pub target: PushTarget,
     pub spool: Arc<Spool>,
     pub jobs: Arc<Jobs>,
     pub push: PushPolicy,
@@ -25,6 +31,7 @@ impl std::fmt::Debug for DicomWeb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DicomWeb")
             .field("pacs", &self.pacs)
+            .field("target", &self.target.to_string())
             .field("spool", &self.spool)
             .field("push", &self.push)
             .finish()
@@ -58,9 +65,10 @@ impl DicomWeb {
     /// From the flags: `None` without `--pacs-url`. Opens the spool and the jobs folder
     /// (resuming what a previous run left).
     pub fn from_config(config: &Config) -> Result<Option<DicomWeb>, DicomWebError> {
-        let Some(url) = non_empty(&config.pacs_url) else {
+        let url = non_empty(&config.pacs_url);
+        if url.is_none() && config.pacs_dimse.is_none() {
             return Ok(None);
-        };
+        }
         let auth = match (
             non_empty(&config.pacs_user),
             config.pacs_password.clone(),
@@ -78,13 +86,26 @@ impl DicomWeb {
             (None, _, Some(token)) => PacsAuth::Bearer(token),
             (None, _, None) => PacsAuth::None,
         };
-        let pacs = PacsConfig::new(
-            &url,
-            auth,
-            Duration::from_secs_f64(config.pacs_timeout),
-            config.pacs_max_fetch_bytes,
-            config.pacs_ca_cert.as_deref(),
-        )?;
+        let pacs = match url {
+            Some(url) => Some(PacsConfig::new(
+                &url,
+                auth,
+                Duration::from_secs_f64(config.pacs_timeout),
+                config.pacs_max_fetch_bytes,
+                config.pacs_ca_cert.as_deref(),
+            )?),
+            None => None,
+        };
+        let target = match (&config.pacs_dimse, &pacs) {
+            (Some(peer), _) => PushTarget::Dimse(StoreScu {
+                peer: peer.clone(),
+                calling_ae_title: config.dimse_ae_title.clone(),
+                timeout: Duration::from_secs_f64(config.dimse_timeout),
+                max_pdu: config.dimse_max_pdu,
+            }),
+            (None, Some(p)) => PushTarget::Stow(p.clone()),
+            (None, None) => return Ok(None),
+        };
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(|source| {
             DicomWebError::Spool {
                 dir: config.spool_dir.clone(),
@@ -100,6 +121,7 @@ impl DicomWeb {
         let retry_min = Duration::from_secs_f64(config.pacs_retry_min);
         Ok(Some(DicomWeb {
             pacs,
+            target,
             spool: Arc::new(spool),
             jobs: Arc::new(jobs),
             push: PushPolicy {

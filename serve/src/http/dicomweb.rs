@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::extract::read_body;
 use super::middleware::only;
+use crate::audit::Origin;
 use crate::dicomweb::multipart::{self, MultipartError};
 use crate::dicomweb::process;
 use crate::dicomweb::report::{StowReport, DICOM_JSON};
@@ -115,6 +116,11 @@ async fn receive(
         return Err(ServeError::EmptyBody);
     }
     let parts = multipart::parse(&body, &boundary, MAX_PARTS).map_err(multipart_error)?;
+    let origin = Origin::new(
+        "stow-rs",
+        req.peer_addr()
+            .map_or_else(|| "unknown".into(), |a| a.to_string()),
+    );
 
     let mut report = StowReport::default();
     let chunk = process::chunk_size(&state.batcher);
@@ -148,13 +154,11 @@ async fn receive(
             continue;
         }
         for r in process::denoise_and_spool(
-            &state.batcher,
-            state.limits.request_timeout,
-            &dw.spool,
+            &state.spooling(&dw.spool),
             &model,
             sources,
             strength,
-            &state.derived,
+            &origin,
         )
         .await
         {
@@ -192,5 +196,10 @@ async fn receive(
     if status == StatusCode::SERVICE_UNAVAILABLE {
         res.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
     }
-    Ok(res.body(report.to_json(Some(&dw.pacs)).to_string()))
+    // A RetrieveURL only where the derived instances go by STOW-RS.
+    let stow_pacs = match &dw.target {
+        crate::dicomweb::push::PushTarget::Stow(p) => Some(p),
+        crate::dicomweb::push::PushTarget::Dimse(_) => None,
+    };
+    Ok(res.body(report.to_json(stow_pacs).to_string()))
 }

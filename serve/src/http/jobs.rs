@@ -43,6 +43,7 @@ pub async fn create(
     let dw = state
         .dicomweb
         .clone()
+        .filter(|dw| dw.pacs.is_some())
         .ok_or(ServeError::PacsNotConfigured)?;
     let study = path.into_inner();
     if !is_uid(&study) {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
-use ldct_imaging::derived::{self, DerivedModel};
+use ldct_imaging::derived::{self, DerivedModel, Processing};
 use ldct_imaging::dicom::{DefaultDicomObject, DicomMeta};
 use ldct_imaging::instance::{self, CtInstance};
 use ldct_imaging::limits::SliceLimits;
@@ -211,6 +211,7 @@ pub async fn denoise(
                         strength,
                     },
                     &labels,
+                    &Processing::now(noise_in, noise),
                 )?;
                 Ok((
                     d.bytes,

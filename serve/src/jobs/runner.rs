@@ -14,6 +14,7 @@ use ldct_imaging::instance::is_uid;
 use tokio::sync::Semaphore;
 
 use super::store::{JobResult, JobState, Progress, SeriesResult};
+use crate::audit::Origin;
 use crate::dicomweb::client::{PacsClient, PacsError};
 use crate::dicomweb::process::{self, FailureReason, Rejected};
 use crate::dicomweb::service::DicomWeb;
@@ -120,7 +121,11 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
     dw.jobs
         .update(id, |j| j.model_version = Some(model.version().to_owned()));
     let study = job.study_instance_uid.clone();
-    let client = PacsClient::new(&dw.pacs);
+    let pacs = dw
+        .pacs
+        .as_ref()
+        .ok_or("pull jobs need a DICOMweb PACS (--pacs-url)")?;
+    let client = PacsClient::new(pacs);
 
     let found = with_retries(|| client.find_ct_series(&study, job.series_instance_uid.as_deref()))
         .await
@@ -176,8 +181,16 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
             });
         });
         for slices in parts.chunks(chunk) {
-            let results =
-                denoise_chunk(state, dw, &model, &study, slices.to_vec(), job.strength).await;
+            let results = denoise_chunk(
+                state,
+                dw,
+                &model,
+                &study,
+                slices.to_vec(),
+                job.strength,
+                &Origin::new("job", format!("job {id}")),
+            )
+            .await;
             dw.jobs.update(id, |j| {
                 let i = j.result.series.len() - 1;
                 for r in results {
@@ -241,6 +254,7 @@ async fn denoise_chunk(
     study: &str,
     parts: Vec<Bytes>,
     strength: f32,
+    origin: &Origin,
 ) -> Vec<Result<process::Accepted, Rejected>> {
     let mut results: Vec<Option<Result<process::Accepted, Rejected>>> = vec![None; parts.len()];
     let mut todo: Vec<usize> = (0..parts.len()).collect();
@@ -278,13 +292,11 @@ async fn denoise_chunk(
             }
         }
         let out = process::denoise_and_spool(
-            &state.batcher,
-            state.limits.request_timeout,
-            &dw.spool,
+            &state.spooling(&dw.spool),
             model,
             sources,
             strength,
-            &state.derived,
+            origin,
         )
         .await;
         let mut again = Vec::new();

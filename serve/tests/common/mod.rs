@@ -239,6 +239,7 @@ pub fn state(models: &Path, o: Options) -> AppState {
     AppState {
         derived: Arc::new(ldct_imaging::derived::SeriesLabels::default()),
         dicomweb: None,
+        audit: None,
         registry,
         batcher,
         strength: 1.0,
