@@ -363,6 +363,27 @@ pub struct Config {
     /// --pacs-dimse (seconds).
     #[arg(long, env = "LDCT_DIMSE_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
     pub dimse_timeout: f64,
+    /// What STOW-RS and DIMSE do with localizers (Image Type LOCALIZER): `pass` them to
+    /// the PACS unchanged, `refuse` them, or `denoise` them. Pull jobs skip what is not
+    /// denoised.
+    #[arg(long, env = "LDCT_RULE_LOCALIZER", value_enum, default_value = "pass")]
+    pub rule_localizer: crate::dicomweb::rules::Action,
+    /// What STOW-RS and DIMSE do with non-axial images (normal more than 45 degrees from
+    /// the patient's z axis: coronal and sagittal reformats).
+    #[arg(long, env = "LDCT_RULE_NON_AXIAL", value_enum, default_value = "pass")]
+    pub rule_non_axial: crate::dicomweb::rules::Action,
+    /// Denoise only slices this thick (`MIN-MAX` in mm, e.g. `0.5-5`); others get
+    /// --rule-thickness-action. Default: any thickness.
+    #[arg(long, env = "LDCT_RULE_THICKNESS_MM", value_parser = crate::dicomweb::rules::parse_thickness)]
+    pub rule_thickness_mm: Option<(f64, f64)>,
+    /// What happens to slices outside --rule-thickness-mm.
+    #[arg(
+        long,
+        env = "LDCT_RULE_THICKNESS_ACTION",
+        value_enum,
+        default_value = "pass"
+    )]
+    pub rule_thickness_action: crate::dicomweb::rules::Action,
     /// Append one JSON line per derived instance (time, route, caller, source and
     /// derived UIDs, model name/version/SHA-256, strength, outcome; never patient
     /// attributes) to this file; `-` is standard output.

@@ -36,7 +36,7 @@ pub struct Metrics {
     /// (accepted, refused_caller, refused_busy, refused_spool, failed).
     pub dimse_associations: IntCounterVec,
     /// `ldct_dimse_instances_total{result}`: C-STORE instances received, by result
-    /// (accepted, failed).
+    /// (accepted, passed, failed).
     pub dimse_instances: IntCounterVec,
     /// `ldct_audit_write_errors_total`: audit records that could not be written.
     pub audit_write_errors: IntCounter,
@@ -168,7 +168,8 @@ impl Metrics {
             ),
             dimse_instances: counter(
                 "ldct_dimse_instances_total",
-                "Instances received by DIMSE C-STORE, by result (accepted, failed).",
+                "Instances received by DIMSE C-STORE, by result (accepted, passed: forwarded \
+                 unchanged by a series rule, failed).",
                 &["result"],
             ),
             audit_write_errors: IntCounter::new(

@@ -334,3 +334,44 @@ def orthanc_file(orthanc, instance_id):
     status, _, body = request(orthanc.port, "GET", f"/instances/{instance_id}/file")
     assert status == 200
     return body
+
+
+def test_series_rules_pass_scouts_and_reformats_unchanged_and_refuse_when_configured(net, model, tmp_path):
+    models, _ = model
+    blobs = series("rules")
+    scout, coronal = dataset(blobs[0]), dataset(blobs[1])
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    coronal.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+
+    def save(ds):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    blobs = [save(scout), save(coronal), blobs[2]]
+    files = write_files(tmp_path / "send", blobs)
+    scp = StoreScp(tmp_path / "scp").start()
+    try:
+        with ldct(models, tmp_path, f"127.0.0.1:{scp.port}:STORE") as srv:
+            assert store("SCANNER", srv.dimse_port, files).returncode == 0
+            wait_for("3 instances at storescp", lambda: len(scp.received()) >= 3)
+            metrics = srv.request("GET", "/metrics").body.decode()
+            assert metric_sum(metrics, "ldct_dimse_instances_total", result="passed") == 2
+        got = {d.SOPInstanceUID: d for d in scp.received()}
+        for src in (scout, coronal):
+            # Passed through: the source's own UIDs and pixels, no ldct marks.
+            d = got[src.SOPInstanceUID]
+            assert d.SeriesInstanceUID == src.SeriesInstanceUID
+            assert np.array_equal(d.pixel_array, src.pixel_array)
+            assert "ContributingEquipmentSequence" not in d
+        derived = [d for d in got.values() if d.SOPInstanceUID not in (scout.SOPInstanceUID, coronal.SOPInstanceUID)]
+        assert len(derived) == 1 and derived[0].ContributingEquipmentSequence[-1].Manufacturer == "ldct"
+        audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert len(audit) == 1, "only the denoised slice is a derived instance"
+    finally:
+        scp.stop()
+    (tmp_path / "spool").rename(tmp_path / "spool-1")
+    with ldct(models, tmp_path, "127.0.0.1:9:NOBODY", "--rule-localizer", "refuse") as srv:
+        r = store("SCANNER", srv.dimse_port, files[:1], "LDCT", "-v")
+        response = [l for l in (r.stdout + r.stderr).splitlines() if "Received Store Response" in l]
+        assert response and "Success" not in response[0], r.stdout + r.stderr

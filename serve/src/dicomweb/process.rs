@@ -183,6 +183,48 @@ pub fn decode_part(
     instance::decode_ct_object(obj, limits).map_err(|e| reject(instance_reason(&e), e.to_string()))
 }
 
+/// Queues a source instance unchanged for the PACS (a series rule's pass-through):
+/// `file` is its Part 10 bytes, spooled under its own SOP Instance UID.
+pub async fn pass_through(
+    spool: &Arc<Spool>,
+    source: CtInstance,
+    file: actix_web::web::Bytes,
+) -> Result<Accepted, Rejected> {
+    let spool = spool.clone();
+    let sop_class = source.meta.sop_class_uid.trim().to_owned();
+    let sop = source.meta.sop_instance_uid.trim().to_owned();
+    let reject = |reason, message: String| Rejected {
+        sop_class_uid: Some(sop_class.clone()),
+        sop_instance_uid: Some(sop.clone()),
+        reason,
+        message,
+    };
+    let uid = sop.clone();
+    let queued = web::block(move || {
+        let key = content_key(&source.hu);
+        spool.enqueue(&uid, &file, &key).map(|_| source)
+    })
+    .await;
+    match queued {
+        Ok(Ok(source)) => Ok(Accepted {
+            sop_class_uid: sop_class.clone(),
+            source_sop_instance_uid: sop.clone(),
+            study_instance_uid: source.meta.study_instance_uid.clone(),
+            sop_instance_uid: sop.clone(),
+            series_instance_uid: source.meta.series_instance_uid.clone().unwrap_or_default(),
+        }),
+        Ok(Err(e)) => Err(reject(spool_reason(&e), e.to_string())),
+        Err(e) => Err(reject(FailureReason::OutOfResources, e.to_string())),
+    }
+}
+
+fn spool_reason(e: &SpoolError) -> FailureReason {
+    match e {
+        SpoolError::Full { .. } | SpoolError::Io(_) => FailureReason::OutOfResources,
+        SpoolError::InvalidUid(_) | SpoolError::Conflict(_) => FailureReason::ProcessingFailure,
+    }
+}
+
 /// The spool's content key of a source slice: a SHA-256 of its HU (shape and values).
 fn content_key(hu: &Array2<f32>) -> ContentKey {
     use sha2::{Digest, Sha256};
@@ -397,14 +439,7 @@ async fn denoise_and_write(
                     .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
                 spool
                     .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))
-                    .map_err(|e| match e {
-                        SpoolError::Full { .. } | SpoolError::Io(_) => {
-                            (FailureReason::OutOfResources, e.to_string())
-                        }
-                        SpoolError::InvalidUid(_) | SpoolError::Conflict(_) => {
-                            (FailureReason::ProcessingFailure, e.to_string())
-                        }
-                    })?;
+                    .map_err(|e| (spool_reason(&e), e.to_string()))?;
                 Ok(Accepted {
                     sop_class_uid: d.sop_class_uid,
                     source_sop_instance_uid: src.meta.sop_instance_uid.trim().to_owned(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::client::{PacsAuth, PacsConfig, PacsConfigError};
 use super::push::{PushPolicy, PushTarget};
+use super::rules::SeriesRules;
 use super::spool::{Spool, SpoolError};
 use crate::config::Config;
 use crate::dimse::scu::StoreScu;
@@ -20,6 +21,8 @@ pub struct DicomWeb {
     pub pacs: Option<PacsConfig>,
     /// Where derived instances are pushed.
     pub target: PushTarget,
+    /// Which received instances are denoised, passed through or refused.
+    pub rules: SeriesRules,
     pub spool: Arc<Spool>,
     pub jobs: Arc<Jobs>,
     pub push: PushPolicy,
@@ -122,6 +125,12 @@ impl DicomWeb {
         Ok(Some(DicomWeb {
             pacs,
             target,
+            rules: SeriesRules {
+                localizer: config.rule_localizer,
+                non_axial: config.rule_non_axial,
+                thickness_mm: config.rule_thickness_mm,
+                thickness_action: config.rule_thickness_action,
+            },
             spool: Arc::new(spool),
             jobs: Arc::new(jobs),
             push: PushPolicy {

@@ -40,6 +40,7 @@ use super::message::{self, status, Command};
 use crate::audit::Origin;
 use crate::budget::Reservation;
 use crate::dicomweb::process::{self, FailureReason, Rejected};
+use crate::dicomweb::rules::Verdict;
 use crate::dicomweb::service::DicomWeb;
 use crate::metrics::metrics;
 use crate::state::AppState;
@@ -430,14 +431,33 @@ impl Scp {
         let decoded = web::block(move || {
             let file = part10(&class, &sop, &ts, &data)
                 .map_err(|e| Rejected::unknown(FailureReason::CannotUnderstand, e))?;
-            process::decode_part(&file, None, None, &slice)
+            process::decode_part(&file, None, None, &slice).map(|s| (s, file))
         })
         .await;
-        let source = match decoded {
+        let (source, file) = match decoded {
             Ok(Ok(s)) => s,
             Ok(Err(r)) => return fail(r.reason.code(), r.message),
             Err(e) => return fail(status::OUT_OF_RESOURCES, e.to_string()),
         };
+        match self.dw.rules.verdict(&source.obj) {
+            Verdict::Denoise => {}
+            Verdict::Pass(why) => {
+                tracing::debug!(%why, "C-STORE instance passed through unchanged");
+                return match process::pass_through(&self.dw.spool, source, file.into()).await {
+                    Ok(_) => {
+                        count("passed");
+                        (status::SUCCESS, None)
+                    }
+                    Err(r) => fail(r.reason.code(), r.message),
+                };
+            }
+            Verdict::Refuse(why) => {
+                return fail(
+                    status::PROCESSING_FAILURE,
+                    format!("refused by a series rule: {why}"),
+                )
+            }
+        }
         let spooling = self.state.spooling(&self.dw.spool);
         let out = process::denoise_and_spool(
             &spooling,
@@ -487,7 +507,9 @@ fn part10(class: &str, sop: &str, ts: &str, data: &[u8]) -> Result<Vec<u8>, Stri
         .transfer_syntax(ts)
         .build()
         .map_err(|e| format!("cannot describe the received data set: {e}"))?;
-    let mut file = Vec::with_capacity(data.len() + 512);
+    let mut file = Vec::with_capacity(data.len() + 640);
+    // The preamble too: a passed-through instance goes to the PACS as this file.
+    file.extend_from_slice(&[0u8; 128]);
     file.extend_from_slice(b"DICM");
     meta.write(&mut file)
         .map_err(|e| format!("cannot describe the received data set: {e}"))?;

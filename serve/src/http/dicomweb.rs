@@ -19,6 +19,7 @@ use crate::audit::Origin;
 use crate::dicomweb::multipart::{self, MultipartError};
 use crate::dicomweb::process;
 use crate::dicomweb::report::{StowReport, DICOM_JSON};
+use crate::dicomweb::rules::Verdict;
 use crate::error::{ServeError, RETRY_AFTER_SECS};
 use crate::metrics::metrics;
 use crate::state::AppState;
@@ -129,8 +130,8 @@ async fn receive(
         let batch: Vec<_> = parts.by_ref().take(chunk).collect();
         let expected = study.clone();
         let slice = state.limits.slice;
-        let decoded = web::block(move || {
-            batch
+        let (batch, decoded) = web::block(move || {
+            let decoded = batch
                 .iter()
                 .map(|p| {
                     process::decode_part(
@@ -140,14 +141,34 @@ async fn receive(
                         &slice,
                     )
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (batch, decoded)
         })
         .await?;
         let mut sources = Vec::new();
-        for d in decoded {
-            match d {
-                Ok(s) => sources.push(s),
-                Err(r) => report.failed.push(r),
+        for (part, d) in batch.into_iter().zip(decoded) {
+            let s = match d {
+                Ok(s) => s,
+                Err(r) => {
+                    report.failed.push(r);
+                    continue;
+                }
+            };
+            match dw.rules.verdict(&s.obj) {
+                Verdict::Denoise => sources.push(s),
+                Verdict::Pass(why) => {
+                    tracing::debug!(%why, "STOW-RS instance passed through unchanged");
+                    match process::pass_through(&dw.spool, s, part.body).await {
+                        Ok(a) => report.accepted.push(a),
+                        Err(f) => report.failed.push(f),
+                    }
+                }
+                Verdict::Refuse(why) => report.failed.push(process::Rejected {
+                    sop_class_uid: Some(s.meta.sop_class_uid.trim().to_owned()),
+                    sop_instance_uid: Some(s.meta.sop_instance_uid.trim().to_owned()),
+                    reason: process::FailureReason::ProcessingFailure,
+                    message: format!("refused by a series rule: {why}"),
+                }),
             }
         }
         if sources.is_empty() {

@@ -17,6 +17,7 @@ use super::store::{JobResult, JobState, Progress, SeriesResult};
 use crate::audit::Origin;
 use crate::dicomweb::client::{PacsClient, PacsError};
 use crate::dicomweb::process::{self, FailureReason, Rejected};
+use crate::dicomweb::rules::Verdict;
 use crate::dicomweb::service::DicomWeb;
 use crate::dicomweb::spool::Status;
 use crate::error::ServeError;
@@ -178,6 +179,7 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
                 instances: n,
                 denoised: 0,
                 failed: 0,
+                skipped: 0,
             });
         });
         for slices in parts.chunks(chunk) {
@@ -195,6 +197,15 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
                 let i = j.result.series.len() - 1;
                 for r in results {
                     j.progress.done += 1;
+                    let r = match r {
+                        Slice::Skipped(why) => {
+                            tracing::debug!(%why, "slice skipped by a series rule");
+                            j.result.skipped += 1;
+                            j.result.series[i].skipped += 1;
+                            continue;
+                        }
+                        Slice::Done(r) => r,
+                    };
                     match r {
                         Ok(a) => {
                             j.result.denoised += 1;
@@ -245,6 +256,14 @@ async fn fetch_and_denoise(state: &AppState, dw: &Arc<DicomWeb>, id: &str) -> Re
     Ok(())
 }
 
+/// What became of one retrieved slice.
+#[derive(Debug, Clone)]
+enum Slice {
+    Done(Result<process::Accepted, Rejected>),
+    /// Not denoised by a series rule (a localizer, a reformat, ...), with the reason.
+    Skipped(String),
+}
+
 /// Decodes, denoises and spools one chunk of WADO-RS parts. Slices refused for lack of
 /// resources (spool or inference queue full) are tried again for up to 10 minutes.
 async fn denoise_chunk(
@@ -255,8 +274,8 @@ async fn denoise_chunk(
     parts: Vec<Bytes>,
     strength: f32,
     origin: &Origin,
-) -> Vec<Result<process::Accepted, Rejected>> {
-    let mut results: Vec<Option<Result<process::Accepted, Rejected>>> = vec![None; parts.len()];
+) -> Vec<Slice> {
+    let mut results: Vec<Option<Slice>> = vec![None; parts.len()];
     let mut todo: Vec<usize> = (0..parts.len()).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     loop {
@@ -275,7 +294,10 @@ async fn denoise_chunk(
             Err(e) => {
                 let e = ServeError::from(e).to_string();
                 for &i in &todo {
-                    results[i] = Some(Err(Rejected::unknown(FailureReason::OutOfResources, &e)));
+                    results[i] = Some(Slice::Done(Err(Rejected::unknown(
+                        FailureReason::OutOfResources,
+                        &e,
+                    ))));
                 }
                 break;
             }
@@ -284,11 +306,17 @@ async fn denoise_chunk(
         let mut source_idx = Vec::new();
         for (&i, d) in todo.iter().zip(decoded) {
             match d {
-                Ok(s) => {
-                    sources.push(s);
-                    source_idx.push(i);
-                }
-                Err(r) => results[i] = Some(Err(r)),
+                Ok(s) => match dw.rules.verdict(&s.obj) {
+                    Verdict::Denoise => {
+                        sources.push(s);
+                        source_idx.push(i);
+                    }
+                    // Already on the PACS: a rule that does not denoise it skips it.
+                    Verdict::Pass(why) | Verdict::Refuse(why) => {
+                        results[i] = Some(Slice::Skipped(why))
+                    }
+                },
+                Err(r) => results[i] = Some(Slice::Done(Err(r))),
             }
         }
         let out = process::denoise_and_spool(
@@ -304,7 +332,7 @@ async fn denoise_chunk(
         for (i, r) in source_idx.into_iter().zip(out) {
             match r {
                 Err(f) if retry && f.reason.is_transient() => again.push(i),
-                r => results[i] = Some(r),
+                r => results[i] = Some(Slice::Done(r)),
             }
         }
         if again.is_empty() {
@@ -321,10 +349,10 @@ async fn denoise_chunk(
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {
-                Err(Rejected::unknown(
+                Slice::Done(Err(Rejected::unknown(
                     FailureReason::ProcessingFailure,
                     "not processed",
-                ))
+                )))
             })
         })
         .collect()

@@ -124,6 +124,9 @@ pub struct SeriesResult {
     pub instances: usize,
     pub denoised: usize,
     pub failed: usize,
+    /// Slices a series rule did not denoise (localizers, reformats, ...).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +136,9 @@ pub struct JobResult {
     pub denoised: usize,
     /// Slices that could not be denoised.
     pub failed: usize,
+    /// Slices a series rule did not denoise.
+    #[serde(default)]
+    pub skipped: usize,
     /// Derived instances stored on the PACS, and refused by it.
     pub pushed: usize,
     pub push_failed: usize,
