@@ -375,3 +375,29 @@ def test_series_rules_pass_scouts_and_reformats_unchanged_and_refuse_when_config
         r = store("SCANNER", srv.dimse_port, files[:1], "LDCT", "-v")
         response = [l for l in (r.stdout + r.stderr).splitlines() if "Received Store Response" in l]
         assert response and "Success" not in response[0], r.stdout + r.stderr
+
+
+def test_dicom_tls_with_the_servers_certificate(net, model, tmp_path):
+    """With --tls-cert/--tls-key the SCP speaks DICOM TLS: dcmtk over TLS (trusting the
+    certificate) stores and echoes; a plain-TCP association fails."""
+    from test_serve_support import self_signed_cert
+
+    models, _ = model
+    cert, key = self_signed_cert(tmp_path)
+    scp = StoreScp(tmp_path / "scp").start()
+    dport = free_port()
+    srv = Server(models, "--tls-cert", cert, "--tls-key", key, "--pacs-dimse", f"127.0.0.1:{scp.port}:STORE",
+                 "--dimse-bind", f"127.0.0.1:{dport}", "--dimse-allowed-callers", "SCANNER",
+                 "--spool-dir", tmp_path / "spool", ca_cert=cert)
+    tls = ["+tla", "+cf", str(cert)]
+    try:
+        with srv:
+            ok = subprocess.run([ECHOSCU, *tls, "-aet", "SCANNER", "-aec", "LDCT", "127.0.0.1", str(dport)],
+                                capture_output=True, text=True, timeout=60)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            assert echo("SCANNER", "LDCT", dport).returncode != 0, "plain TCP must not get an association"
+            sent = store("SCANNER", dport, write_files(tmp_path / "send", series("tls", 1)), "LDCT", *tls)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            wait_for("the instance at storescp", lambda: len(scp.received()) >= 1)
+    finally:
+        scp.stop()
