@@ -63,7 +63,7 @@ pytest: setup build
 # (scripts/fuzz_seeds.py); FUZZ_SECONDS per target (default 600). Crashes land in
 # fuzz/artifacts/<target>/.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= dicom npy nifti nrrd multipart oip
+FUZZ_TARGETS ?= dicom npy nifti nrrd multipart oip dimse
 fuzz: setup
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --version 0.13.1 --locked
 	$(PYTHON) scripts/fuzz_seeds.py fuzz/seeds

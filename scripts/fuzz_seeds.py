@@ -12,7 +12,10 @@ has them, small valid files of every encoding otherwise.
 - multipart: STOW-RS requests (the Content-Type line, then the body) of real DICOM files,
   written by Python's email package (an independent multipart writer);
 - oip: Open Inference Protocol requests written by tritonclient (JSON and binary tensor
-  data), framed as ldct_serve::untrusted::oip reads them.
+  data), framed as ldct_serve::untrusted::oip reads them;
+- dimse: P-DATA record streams of a C-ECHO and of C-STOREs of a real CT data set, the
+  command sets written by pydicom (as pynetdicom does), framed as
+  ldct_serve::untrusted::dimse reads them.
 Existing files are kept. libFuzzer reads these beside fuzz/corpus/TARGET (committed), where it
 writes what it finds.
 """
@@ -24,6 +27,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
+import pydicom.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
 from conftest import _site_packages  # noqa: E402
@@ -136,9 +141,63 @@ def oip_seeds(out: Path):
     return n
 
 
+def dimse_record(pc: int, command: bool, last: bool, data: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<BBH", pc, (1 if command else 0) | (2 if last else 0), len(data)) + data
+
+
+def dimse_command(**elements) -> bytes:
+    """A DIMSE command set written by pydicom (implicit VR little endian, group 0000 with
+    its group length), as pynetdicom writes them."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    for k, v in elements.items():
+        setattr(ds, k, v)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    ds.CommandGroupLength = len(body.getvalue())
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+def dimse_seeds(out: Path, dicom_dir: Path):
+    """P-DATA record streams as ldct_serve::untrusted::dimse reads them: a C-ECHO, and a
+    C-STORE of a real CT data set (pydicom's CT_small, implicit VR little endian) split
+    into fragments of several sizes."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    echo = dimse_command(AffectedSOPClassUID="1.2.840.10008.1.1", CommandField=0x0030,
+                         MessageID=1, CommandDataSetType=0x0101)
+    (out / "echo.bin").write_bytes(dimse_record(1, True, True, echo))
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ds)
+    data = buf.getvalue()
+    store = dimse_command(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", CommandField=0x0001,
+                          MessageID=2, Priority=0, CommandDataSetType=0x0000,
+                          AffectedSOPInstanceUID=ds.SOPInstanceUID)
+    n = 1
+    for size in (65535, 16384, 4096):
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        stream = dimse_record(3, True, True, store) + b"".join(
+            dimse_record(3, False, i == len(chunks) - 1, c) for i, c in enumerate(chunks))
+        (out / f"store-{size}.bin").write_bytes(stream)
+        n += 1
+    return n
+
+
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/seeds")
-    dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd", "multipart", "oip")}
+    dirs = {t: root / t for t in ("dicom", "npy", "nifti", "nrrd", "multipart", "oip", "dimse")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     tmp = root / ".tmp"
@@ -150,6 +209,7 @@ def main():
         "nrrd": nrrd_seeds(dirs["nrrd"], tmp),
         "multipart": multipart_seeds(dirs["multipart"], dirs["dicom"]),
         "oip": oip_seeds(dirs["oip"]),
+        "dimse": dimse_seeds(dirs["dimse"], dirs["dicom"]),
     }
     shutil.rmtree(tmp)
     print("fuzz seeds:", ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -17,7 +17,7 @@ use crate::http::tensor::{decode_request, RequestLimits};
 pub type Reader = fn(&[u8]) -> bool;
 
 /// The targets, by the name of their fuzz target and regression folder.
-pub const TARGETS: [(&str, Reader); 2] = [("multipart", stow), ("oip", oip)];
+pub const TARGETS: [(&str, Reader); 3] = [("multipart", stow), ("oip", oip), ("dimse", dimse)];
 
 /// A STOW-RS request: the first line is the Content-Type header's value, the rest the
 /// body, split into parts as the STOW-RS handler does.
@@ -58,6 +58,56 @@ pub fn oip(data: &[u8]) -> bool {
         max_slices: 64,
     };
     decode_request(body, json_len, INPUT_NAME, OUTPUT_NAME, &limits).is_ok()
+}
+
+/// P-DATA values as a DIMSE association delivers them to the SCP: records of
+/// `[presentation context id][control: bit 0 command, bit 1 last fragment][length u16
+/// LE][bytes]`, reassembled and their command sets decoded as `dimse::scp` does, each
+/// complete C-STORE data set (implicit VR little endian) framed and decoded like a
+/// received instance. Accepted when some command set decoded.
+pub fn dimse(data: &[u8]) -> bool {
+    use dicom_ul::pdu::{PDataValue, PDataValueType};
+
+    use crate::dimse::scp::{part10, Incoming, Step};
+
+    let budget = crate::budget::ByteBudget::new(64 << 20);
+    let limits = SliceLimits::CT;
+    let mut incoming = Incoming::new(budget.reservation(), limits.max_data_set_bytes());
+    let mut rest = data;
+    let mut ok = false;
+    while let [pc, control, a, b, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());
+        let pdv = PDataValue {
+            presentation_context_id: *pc,
+            value_type: if control & 1 == 1 {
+                PDataValueType::Command
+            } else {
+                PDataValueType::Data
+            },
+            is_last: control & 2 == 2,
+            data: tail[..len].to_vec(),
+        };
+        rest = &tail[len..];
+        match incoming.take(pdv) {
+            Some(Step::Command(_)) => ok = true,
+            Some(Step::Store { command, data, .. }) => {
+                ok = true;
+                let sop = command.affected_sop_instance_uid.unwrap_or_default();
+                if let Ok(file) = part10(
+                    crate::dimse::message::CT_IMAGE_STORAGE,
+                    &sop,
+                    "1.2.840.10008.1.2",
+                    &data,
+                ) {
+                    let _ = crate::dicomweb::process::decode_part(&file, None, None, &limits);
+                }
+                incoming.reservation_mut().release();
+            }
+            Some(Step::Protocol(_)) => return ok,
+            None => {}
+        }
+    }
+    ok
 }
 
 #[cfg(test)]

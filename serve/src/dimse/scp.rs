@@ -330,7 +330,7 @@ impl Scp {
                                     .map(|p| p.transfer_syntax.trim_end_matches('\0').to_owned());
                                 let (code, comment) =
                                     self.store(&command, ts, data, overflow, &origin).await;
-                                incoming.reservation.release();
+                                incoming.reservation_mut().release();
                                 if code == status::SUCCESS {
                                     stored += 1;
                                 }
@@ -500,7 +500,7 @@ fn unsupported(c: &Command) -> Vec<u8> {
 
 /// A received data set as a Part 10 file (the file meta group the reader expects, with
 /// the negotiated transfer syntax).
-fn part10(class: &str, sop: &str, ts: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn part10(class: &str, sop: &str, ts: &str, data: &[u8]) -> Result<Vec<u8>, String> {
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(class)
         .media_storage_sop_instance_uid(sop)
@@ -518,7 +518,7 @@ fn part10(class: &str, sop: &str, ts: &str, data: &[u8]) -> Result<Vec<u8>, Stri
 }
 
 /// What a P-DATA value completed.
-enum Step {
+pub(crate) enum Step {
     /// A command without a data set (C-ECHO, or an unsupported one).
     Command(Command),
     /// A C-STORE with its data set (or why it was not kept).
@@ -535,7 +535,7 @@ enum Step {
 /// most [`message::MAX_COMMAND_BYTES`], the data set at most the slice limits' data-set
 /// size and whatever the body budget grants (beyond either the rest of the data set is
 /// read and dropped, and the C-STORE answered out of resources).
-struct Incoming {
+pub(crate) struct Incoming {
     command: Vec<u8>,
     pending: Option<(u8, Command)>,
     data: Vec<u8>,
@@ -546,7 +546,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn new(reservation: Reservation, max_data: u64) -> Self {
+    pub(crate) fn new(reservation: Reservation, max_data: u64) -> Self {
         Self {
             command: Vec::new(),
             pending: None,
@@ -558,7 +558,12 @@ impl Incoming {
         }
     }
 
-    fn take(&mut self, pdv: PDataValue) -> Option<Step> {
+    /// The body budget this association holds (released after each answered C-STORE).
+    pub(crate) fn reservation_mut(&mut self) -> &mut Reservation {
+        &mut self.reservation
+    }
+
+    pub(crate) fn take(&mut self, pdv: PDataValue) -> Option<Step> {
         self.last_context = pdv.presentation_context_id;
         match pdv.value_type {
             PDataValueType::Command => {
