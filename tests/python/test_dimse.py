@@ -27,6 +27,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from conftest import real_ct_files
 from test_dicomweb_orthanc import Orthanc, PrivateNetwork, dataset, hu, real_files
 from test_serve_support import Server, free_port, metric_sum, reference_hu, session, write_tiny_model
 
@@ -401,3 +402,25 @@ def test_dicom_tls_with_the_servers_certificate(net, model, tmp_path):
             wait_for("the instance at storescp", lambda: len(scp.received()) >= 1)
     finally:
         scp.stop()
+
+
+def test_a_jpeg2000_instance_is_received_in_its_own_transfer_syntax(net, model, tmp_path):
+    """dcmtk proposes JPEG 2000 lossless (-xv) and sends pydicom-data's 693_J2KR as it is;
+    the derived instance matches the model run on pydicom's decoding of it."""
+    models, onnx = model
+    j2k = [p for p in real_ct_files() if p.name == "693_J2KR.dcm"]
+    assert j2k, "pydicom-data's 693_J2KR.dcm is missing (make setup)"
+    scp = StoreScp(tmp_path / "scp").start()
+    try:
+        with ldct(models, tmp_path, f"127.0.0.1:{scp.port}:STORE") as srv:
+            r = store("SCANNER", srv.dimse_port, j2k, "LDCT", "-v", "-xv")
+            out = r.stdout + r.stderr
+            assert r.returncode == 0 and "Received Store Response (Success)" in out, out
+            assert "-> JPEG 2000 (Lossless only)" in out, "sent in another transfer syntax"
+            wait_for("the derived instance", lambda: len(scp.received()) >= 1)
+    finally:
+        scp.stop()
+    src = dataset(j2k[0].read_bytes())
+    (d,) = scp.received()
+    assert d.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert np.abs(hu(d) - reference_hu(session(onnx), hu(src))).max() <= 1.0

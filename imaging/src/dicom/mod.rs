@@ -67,6 +67,7 @@ mod fragments;
 mod meta;
 mod parse;
 mod pixels;
+pub use pixels::SUPPORTED_TRANSFER_SYNTAXES;
 mod read;
 mod rle;
 mod scan;

@@ -51,8 +51,31 @@ pub(crate) enum Codec {
     DeflatedFrames,
 }
 
+/// Every transfer syntax the reader decodes (what a DICOM receiver may accept).
+pub const SUPPORTED_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.1.98",
+    "1.2.840.10008.1.2.8.1",
+];
+
 impl Codec {
-    /// The codec of a transfer syntax, or None when it is not supported.
+    /// The codec of a transfer syntax, or None when it is not supported (the list:
+    /// [`SUPPORTED_TRANSFER_SYNTAXES`]).
     pub(crate) fn of(ts: &str) -> Option<Codec> {
         let c = match ts {
             "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.1.99" => {
@@ -405,4 +428,34 @@ fn decode_encapsulated(
         _ => fmt.bits_stored,
     };
     Ok(to_hu(&decoded, fmt, bits, bps, r))
+}
+
+#[cfg(test)]
+mod supported_tests {
+    use super::*;
+
+    #[test]
+    fn the_supported_list_is_exactly_what_the_codecs_decode() {
+        for ts in SUPPORTED_TRANSFER_SYNTAXES {
+            assert!(Codec::of(ts).is_some(), "{ts}");
+        }
+        // Every UID the codec table knows is listed (the UIDs of PS3.5 annex A in
+        // 1.2.840.10008.1.2[.x[.y]]).
+        let mut known = std::collections::HashSet::new();
+        for a in 0..10u32 {
+            for b in 0..300u32 {
+                for ts in [
+                    format!("1.2.840.10008.1.2.{a}.{b}"),
+                    format!("1.2.840.10008.1.2.{a}"),
+                ] {
+                    if Codec::of(&ts).is_some() {
+                        assert!(SUPPORTED_TRANSFER_SYNTAXES.contains(&ts.as_str()), "{ts}");
+                        known.insert(ts);
+                    }
+                }
+            }
+        }
+        // All but the base UID (1.2.840.10008.1.2, implicit VR little endian) have that form.
+        assert_eq!(known.len(), SUPPORTED_TRANSFER_SYNTAXES.len() - 1);
+    }
 }

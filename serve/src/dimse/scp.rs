@@ -45,19 +45,6 @@ use crate::dicomweb::service::DicomWeb;
 use crate::metrics::metrics;
 use crate::state::AppState;
 
-/// Transfer syntaxes accepted for storage: those the DICOM reader decodes.
-pub const TRANSFER_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2",      // implicit VR little endian
-    "1.2.840.10008.1.2.1",    // explicit VR little endian
-    "1.2.840.10008.1.2.1.99", // deflated explicit VR little endian
-    "1.2.840.10008.1.2.2",    // explicit VR big endian (retired)
-    "1.2.840.10008.1.2.5",    // RLE lossless
-    "1.2.840.10008.1.2.4.70", // JPEG lossless, first-order prediction
-    "1.2.840.10008.1.2.4.57", // JPEG lossless
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
-];
-
 /// The SCP's settings (from the flags).
 #[derive(Debug, Clone)]
 pub struct ScpConfig {
@@ -263,7 +250,7 @@ impl Scp {
             .with_abstract_syntax(message::VERIFICATION)
             .with_abstract_syntax(message::CT_IMAGE_STORAGE)
             .with_abstract_syntax(message::ENHANCED_CT_IMAGE_STORAGE);
-        for ts in TRANSFER_SYNTAXES {
+        for ts in ldct_imaging::dicom::SUPPORTED_TRANSFER_SYNTAXES {
             options = options.with_transfer_syntax(*ts);
         }
         match &self.cfg.tls {
