@@ -145,11 +145,11 @@ def store(calling, port, files, called="LDCT", *flags):
                           capture_output=True, text=True, timeout=300)
 
 
-def ldct(models, root: Path, push: str, *extra):
-    """ldct-serve with the SCP on a free port (SCANNER allowed) and the SCU to `push`."""
-    dport = free_port()
+def ldct(models, root: Path, push: str, *extra, callers="SCANNER", dport=None):
+    """ldct-serve with the SCP on a free port (`callers` allowed) and the SCU to `push`."""
+    dport = dport or free_port()
     srv = Server(models, "--pacs-dimse", push, "--dimse-bind", f"127.0.0.1:{dport}",
-                 "--dimse-allowed-callers", "SCANNER", "--audit-log", root / "audit.jsonl",
+                 "--dimse-allowed-callers", callers, "--audit-log", root / "audit.jsonl",
                  "--spool-dir", root / "spool", "--pacs-retry-min", "0.2", "--pacs-retry-max", "1",
                  "--dimse-timeout", "30", *extra)
     srv.dimse_port = dport
@@ -301,20 +301,22 @@ def test_a_stopped_storescp_gets_every_instance_once_after_it_restarts(net, mode
     assert {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in got} == sources
 
 
-def test_ldct_delivers_to_orthancs_dicom_port_without_duplicates(net, model, tmp_path):
+def test_orthanc_both_ways_over_dimse_without_duplicates(net, model, tmp_path):
     if ORTHANC is None:
         pytest.skip("Orthanc is absent: make setup")
     if "private" not in net.mode:
         pytest.skip("Orthanc's DICOM port listens on every interface: run only in a private network namespace")
     models, onnx = model
-    dicom_port = free_port()
+    dicom_port, ldct_port = free_port(), free_port()
     orthanc = Orthanc(tmp_path / "orthanc", extra={
         "DicomServerEnabled": True, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
         "DicomCheckCalledAet": True,
+        "DicomModalities": {"ldct": ["LDCT", "127.0.0.1", ldct_port]},
     })
     sources = series("orthanc")
     files = write_files(tmp_path / "send", sources)
-    with orthanc, ldct(models, tmp_path, f"127.0.0.1:{dicom_port}:ORTHANC") as srv:
+    with orthanc, ldct(models, tmp_path, f"127.0.0.1:{dicom_port}:ORTHANC",
+                       callers="SCANNER,ORTHANC", dport=ldct_port) as srv:
         for _ in range(2):
             sent = store("SCANNER", srv.dimse_port, files)
             assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -327,6 +329,19 @@ def test_ldct_delivers_to_orthancs_dicom_port_without_duplicates(net, model, tmp
             d = dataset(orthanc_file(orthanc, i))
             s = by_sop[d.SourceImageSequence[0].ReferencedSOPInstanceUID]
             assert np.abs(hu(d) - reference_hu(sess, hu(s))).max() <= 1.0
+        # Orthanc as the sender too: a series uploaded to it and C-STOREd to ldct
+        # (its /modalities/ldct/store route, as the README's Lua trigger does) comes back
+        # denoised into the same study.
+        other = series("orthanc-sends", 2)
+        for b in other:
+            orthanc.post("/instances", b)
+        series_id = orthanc.lookup(dataset(other[0]).SeriesInstanceUID, "Series")
+        orthanc.post("/modalities/ldct/store", series_id.encode(), "text/plain")
+        wait_for("Orthanc's series to come back denoised", lambda: len(orthanc.get("/instances")) >= 7)
+        wait_for("the spool to drain", lambda: not list((tmp_path / "spool" / "queue").glob("*.dcm")))
+        assert len(orthanc.get("/instances")) == 7
+    audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert {r["caller"].split("@")[0] for r in audit} == {"SCANNER", "ORTHANC"}
 
 
 def orthanc_file(orthanc, instance_id):
