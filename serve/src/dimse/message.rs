@@ -184,9 +184,28 @@ pub fn store_response(
     status: u16,
     comment: Option<&str>,
 ) -> Vec<u8> {
+    response(
+        C_STORE_RQ,
+        message_id,
+        sop_class_uid,
+        sop_instance_uid,
+        status,
+        comment,
+    )
+}
+
+/// The response to a request with Command Field `request` (its field with bit 15 set).
+pub fn response(
+    request: u16,
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    status: u16,
+    comment: Option<&str>,
+) -> Vec<u8> {
     let mut elements = vec![
         (tag::AFFECTED_SOP_CLASS_UID, uid_value(sop_class_uid)),
-        (tag::COMMAND_FIELD, us(C_STORE_RSP)),
+        (tag::COMMAND_FIELD, us(request | 0x8000)),
         (tag::MESSAGE_ID_BEING_RESPONDED_TO, us(message_id)),
         (tag::COMMAND_DATA_SET_TYPE, us(NO_DATA_SET)),
         (tag::STATUS, us(status)),
@@ -329,6 +348,17 @@ mod tests {
         .unwrap();
         let comment = bad.error_comment.unwrap();
         assert!(comment.len() <= 64 && !comment.contains('\\') && !comment.contains('\n'));
+        // Any other request is answered with its own field, bit 15 set (C-FIND: 0x8020).
+        let find = decode(&response(
+            0x0020,
+            5,
+            "1.2",
+            "",
+            status::UNRECOGNIZED_OPERATION,
+            None,
+        ))
+        .unwrap();
+        assert_eq!((find.command_field, find.status), (0x8020, Some(0x0211)));
         let echo = decode(&echo_response(9, status::SUCCESS)).unwrap();
         assert_eq!(
             (echo.command_field, echo.message_id_responded_to),

@@ -475,8 +475,8 @@ fn failed_association(peer: SocketAddr, e: &dicom_ul::association::Error) {
 
 fn unsupported(c: &Command) -> Vec<u8> {
     tracing::debug!(command = %c, "unsupported DIMSE command");
-    // A response with the request's command field | 0x8000 and "unrecognized operation".
-    message::store_response(
+    message::response(
+        c.command_field,
         c.message_id.unwrap_or(0),
         c.affected_sop_class_uid.as_deref().unwrap_or(""),
         c.affected_sop_instance_uid.as_deref().unwrap_or(""),
