@@ -8,6 +8,10 @@
 //! - any element, item or fragment whose declared length runs past the end of the data
 //!   (or of its enclosing item / sequence): the file is truncated or corrupt;
 //! - sequences nested deeper than [`MAX_DEPTH`];
+//! - binary values whose length is not a multiple of their VR's value size (a UL of 43
+//!   bytes): dicom-rs reads whole values and would continue 3 bytes early, out of step
+//!   with this walk, and read a length out of pixel data or padding (a fuzzer found a
+//!   488-byte implicit VR data set that made it reserve 2 GB that way);
 //! - unterminated undefined-length sequences, items and pixel data.
 //!
 //! The walk follows dicom-rs's reading rules (which explicit VRs have 4-byte lengths,
@@ -66,6 +70,25 @@ pub(crate) fn is_vr(b: &[u8]) -> bool {
 
 /// A 4-byte length to overwrite before dicom-rs reads the data: `(offset, bytes)`.
 pub type Patch = (usize, [u8; 4]);
+
+/// The size of one value of an element, as dicom-rs reads it: 2, 4 or 8 bytes for the
+/// binary VRs, 1 for text and bytes. The explicit VR when there is one, else the
+/// dictionary's (group lengths are UL).
+fn value_size(explicit: Option<[u8; 2]>, tag: (u16, u16)) -> usize {
+    let vr = match explicit {
+        Some(b) => VR::from_binary(b),
+        None if tag.1 == 0x0000 => Some(VR::UL),
+        None => StandardDataDictionary
+            .by_tag(Tag(tag.0, tag.1))
+            .map(|e| e.vr().relaxed()),
+    };
+    match vr {
+        Some(VR::US | VR::SS | VR::OW) => 2,
+        Some(VR::UL | VR::SL | VR::FL | VR::AT | VR::OL | VR::OF) => 4,
+        Some(VR::FD | VR::SV | VR::UV | VR::OD | VR::OV) => 8,
+        _ => 1,
+    }
+}
 
 /// Walks the whole data set, checking every declared length against the bytes present.
 /// `base` is the file offset of `data[0]` (for messages).
@@ -186,6 +209,15 @@ impl Walker<'_> {
                 continue;
             }
             let len = len as usize;
+            let size = value_size(vr, tag);
+            if len % size != 0 {
+                self.pos = at;
+                return Err(self.corrupt(format!(
+                    "element ({:04X},{:04X}) declares {len} bytes, not a multiple of its \
+                     values' {size} bytes: the data is corrupt",
+                    tag.0, tag.1
+                )));
+            }
             if len > end - self.pos {
                 self.pos = at;
                 return Err(self.corrupt(format!(
@@ -281,5 +313,46 @@ impl Walker<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(group: u16, elem: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&group.to_le_bytes());
+        v.extend_from_slice(&elem.to_le_bytes());
+        v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// The fuzzer's case (tests/fuzz-regressions/dimse/oom-*): an implicit VR UL of 43
+    /// bytes; dicom-rs reads ten values and then takes padding for the next header's
+    /// length (2 GB reserved).
+    #[test]
+    fn a_binary_value_of_a_length_its_vr_cannot_hold_is_refused() {
+        let mut data = element(0x0008, 0x0005, b"ISO_IR 100");
+        data.extend(element(0x0028, 0x0010, &[0, 2])); // Rows, US: fine
+        assert!(check_dataset(&data, Syntax::IMPLICIT_LE, 0).is_ok());
+        let mut bad = data.clone();
+        bad.extend(element(0x0000, 0x0000, &[0; 43]));
+        let e = check_dataset(&bad, Syntax::IMPLICIT_LE, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(0000,0000) declares 43 bytes, not a multiple of its values' 4"),
+            "{e}"
+        );
+        // Rows (US) of 3 bytes, by the dictionary's VR.
+        let mut odd = element(0x0008, 0x0005, b"ISO_IR 100");
+        odd.extend(element(0x0028, 0x0010, &[0, 2, 0]));
+        assert!(check_dataset(&odd, Syntax::IMPLICIT_LE, 0).is_err());
+        // Text of odd length stays a matter for the parser (1-byte values).
+        let mut text = element(0x0008, 0x0005, b"ISO_IR 100");
+        text.extend(element(0x0010, 0x0010, b"Doe"));
+        assert!(check_dataset(&text, Syntax::IMPLICIT_LE, 0).is_ok());
     }
 }
