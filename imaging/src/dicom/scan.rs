@@ -210,7 +210,7 @@ impl Walker<'_> {
             }
             let len = len as usize;
             let size = value_size(vr, tag);
-            if len % size != 0 {
+            if !len.is_multiple_of(size) {
                 self.pos = at;
                 return Err(self.corrupt(format!(
                     "element ({:04X},{:04X}) declares {len} bytes, not a multiple of its \
