@@ -146,19 +146,30 @@ class Client:
 
 
 def run_concurrent(port, body, concurrency, total):
+    """Throughput over the whole run (first request sent to last answer) and in steady
+    state: the completions after the first `concurrency` and before the last
+    `concurrency`, over the time between them (no ramp-up while the first batch forms,
+    no tail of a last partial batch), and every request's latency."""
     local = threading.local()
+    done = []
 
     def one(_):
         if not hasattr(local, "c"):
             local.c = Client(port)
-        return local.c.denoise(body)
+        lat = local.c.denoise(body)
+        done.append(time.perf_counter())
+        return lat
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # warm the connections
+        done.clear()
         t = time.perf_counter()
         lat = list(pool.map(one, range(total)))
         wall = time.perf_counter() - t
-    return total / wall, lat
+    done.sort()
+    a, b = concurrency - 1, total - concurrency - 1
+    steady = (b - a) / (done[b] - done[a]) if b > a else total / wall
+    return total / wall, steady, lat
 
 
 def free_port():
@@ -250,8 +261,9 @@ def main():
                   "start_to_ready_s": startup_s, "first_request_ms": first_ms, "warmup_sizes": args.warmup_sizes}
         for conc in (1, 4, 16):
             total = max(args.requests, conc * 6)
-            tput, lat = run_concurrent(port, body, conc, total)
-            server[f"c{conc}"] = {"slices_per_s": tput, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "requests": total}
+            tput, steady, lat = run_concurrent(port, body, conc, total)
+            server[f"c{conc}"] = {"slices_per_s": tput, "steady_slices_per_s": steady,
+                                  "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "requests": total}
     finally:
         stop(proc)
     if not args.no_cold:
@@ -313,7 +325,9 @@ def main():
           f"(+{s['p50_ms'] - d1['p50_ms']:.1f} ms of HTTP, .npy coding, pre/post-processing, queueing)")
     for conc in (1, 4, 16):
         v = server[f"c{conc}"]
-        print(f"throughput at concurrency {conc:>2} / best direct throughput: {v['slices_per_s'] / best_direct:.2f}")
+        print(f"throughput at concurrency {conc:>2} / best direct throughput: {v['slices_per_s'] / best_direct:.2f} "
+              f"whole run ({v['requests']} requests), {v['steady_slices_per_s'] / best_direct:.2f} steady state "
+              f"(without the first and last {conc} answers)")
     if args.json:
         Path(args.json).write_text(json.dumps({"server": server, "direct": direct, "threads": args.threads,
                                                "source": source, "model": manifest["name"]}, indent=2))
