@@ -348,18 +348,25 @@ async fn denoise_and_write(
     };
 
     let m = model.clone();
+    // Each source's noise estimate, once: the model's noise map and the derived
+    // instance's figures.
     let prepared = web::block(move || {
+        let noise: Vec<Option<f32>> = sources
+            .iter()
+            .map(|s| ldct_imaging::noise::estimate_noise_hu(&s.hu))
+            .collect();
         let p: Vec<Result<Prepared, ServeError>> = sources
             .iter()
-            .map(|s| {
+            .zip(&noise)
+            .map(|(s, &n)| {
                 pixels::prepare_hu(&s.hu, &m.normaliser, &m.padding())
-                    .map(|p| p.with_noise_map(m.noise_map_value(&s.hu)))
+                    .map(|p| p.with_noise_map(m.noise_map_from(n)))
             })
             .collect();
-        (sources, p)
+        (sources, noise, p)
     })
     .await;
-    let (sources, prepared) = match prepared {
+    let (sources, noise_in, prepared) = match prepared {
         Ok(v) => v,
         Err(e) => {
             let e = ServeError::from(e);
@@ -429,25 +436,26 @@ async fn denoise_and_write(
         sources
             .into_iter()
             .zip(hu)
-            .map(|(src, hu)| -> Result<Accepted, (FailureReason, String)> {
-                let hu = hu.map_err(|e| (serve_reason(&e), e.to_string()))?;
-                let processing = Processing::now(
-                    ldct_imaging::noise::estimate_noise_hu(&src.hu),
-                    ldct_imaging::noise::estimate_noise_hu(&hu),
-                );
-                let d = derived::derive(&src.obj, &src.meta, &hu, dm, &labels, &processing)
-                    .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
-                spool
-                    .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))
-                    .map_err(|e| (spool_reason(&e), e.to_string()))?;
-                Ok(Accepted {
-                    sop_class_uid: d.sop_class_uid,
-                    source_sop_instance_uid: src.meta.sop_instance_uid.trim().to_owned(),
-                    study_instance_uid: src.meta.study_instance_uid.clone(),
-                    sop_instance_uid: d.sop_instance_uid,
-                    series_instance_uid: d.series_instance_uid,
-                })
-            })
+            .zip(noise_in)
+            .map(
+                |((src, hu), noise_in)| -> Result<Accepted, (FailureReason, String)> {
+                    let hu = hu.map_err(|e| (serve_reason(&e), e.to_string()))?;
+                    let processing =
+                        Processing::now(noise_in, ldct_imaging::noise::estimate_noise_hu(&hu));
+                    let d = derived::derive(&src.obj, &src.meta, &hu, dm, &labels, &processing)
+                        .map_err(|e| (FailureReason::ProcessingFailure, e.to_string()))?;
+                    spool
+                        .enqueue(&d.sop_instance_uid, &d.bytes, &content_key(&src.hu))
+                        .map_err(|e| (spool_reason(&e), e.to_string()))?;
+                    Ok(Accepted {
+                        sop_class_uid: d.sop_class_uid,
+                        source_sop_instance_uid: src.meta.sop_instance_uid.trim().to_owned(),
+                        study_instance_uid: src.meta.study_instance_uid.clone(),
+                        sop_instance_uid: d.sop_instance_uid,
+                        series_instance_uid: d.series_instance_uid,
+                    })
+                },
+            )
             .collect::<Vec<_>>()
     })
     .await;

@@ -176,23 +176,21 @@ pub async fn denoise(
     })
     .await??;
 
-    // The input's noise estimate runs on the blocking pool while the slice is queued
-    // and inferred.
+    // The input's noise estimate, once, on the blocking pool: the metric, the derived
+    // instance's figures and the model's noise map all use it.
     let Slice { hu, dicom } = slice;
     let hu = Arc::new(hu);
     let for_noise = hu.clone();
-    let (noise_in, out) = futures_util::future::join(
-        web::block(move || estimate_noise_hu(&for_noise)),
-        pipeline::denoise_hu(
-            &state.batcher,
-            state.limits.request_timeout,
-            &model,
-            &hu,
-            strength,
-        ),
+    let noise_in = web::block(move || estimate_noise_hu(&for_noise)).await?;
+    let out = pipeline::denoise_hu_with_map(
+        &state.batcher,
+        state.limits.request_timeout,
+        &model,
+        &hu,
+        strength,
+        model.noise_map_from(noise_in),
     )
-    .await;
-    let (noise_in, out) = (noise_in?, out?);
+    .await?;
 
     let m = model.clone();
     let labels = state.derived.clone();

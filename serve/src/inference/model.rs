@@ -193,13 +193,18 @@ impl LoadedModel {
     /// The noise map value of a slice (HU), for a noise-conditioned model; `None` for a
     /// model without a noise map.
     pub fn noise_map_value(&self, hu: &ndarray::Array2<f32>) -> Option<f32> {
+        self.manifest
+            .noise_map
+            .as_ref()
+            .and_then(|_| self.noise_map_from(ldct_imaging::noise::estimate_noise_hu(hu)))
+    }
+
+    /// [`Self::noise_map_value`] from the slice's noise estimate already made
+    /// (`ldct_imaging::noise::estimate_noise_hu`), for callers that need it anyway.
+    pub fn noise_map_from(&self, noise_hu: Option<f32>) -> Option<f32> {
         self.manifest.noise_map.as_ref().map(|_| {
             let n = &self.manifest.normalisation;
-            contract::noise_map_value(
-                ldct_imaging::noise::estimate_noise_hu(hu),
-                n.hu_window,
-                n.range,
-            )
+            contract::noise_map_value(noise_hu, n.hu_window, n.range)
         })
     }
 

@@ -61,11 +61,29 @@ pub async fn denoise_hu(
     hu: &Array2<f32>,
     strength: f32,
 ) -> Result<Array2<f32>, ServeError> {
+    let map = if strength == 0.0 {
+        None
+    } else {
+        model.noise_map_value(hu)
+    };
+    denoise_hu_with_map(batcher, timeout, model, hu, strength, map).await
+}
+
+/// [`denoise_hu`] with the model's noise-map value of `hu` already known
+/// ([`LoadedModel::noise_map_from`] the caller's own noise estimate).
+pub async fn denoise_hu_with_map(
+    batcher: &Batcher,
+    timeout: Duration,
+    model: &Arc<LoadedModel>,
+    hu: &Array2<f32>,
+    strength: f32,
+    noise_map: Option<f32>,
+) -> Result<Array2<f32>, ServeError> {
     if strength == 0.0 {
         return Ok(hu.clone());
     }
-    let mut p = [pixels::prepare_hu(hu, &model.normaliser, &model.padding())?
-        .with_noise_map(model.noise_map_value(hu))];
+    let mut p =
+        [pixels::prepare_hu(hu, &model.normaliser, &model.padding())?.with_noise_map(noise_map)];
     let out = run_prepared(batcher, timeout, model, &mut p).await?;
     let [p] = p;
     let first = out
