@@ -193,50 +193,55 @@ fn rj(result: AssociationRJResult, source: AssociationRJSource) -> AssociationRJ
 }
 
 impl Scp {
-    async fn connection(self: Arc<Self>, socket: TcpStream, peer: SocketAddr) {
-        let m = metrics();
-        let refuse = |result: &str| m.dimse_associations.with_label_values(&[result]).inc();
-        if self.cfg.allow.check_address(peer.ip()).is_err() {
-            refuse("refused_caller");
-            tracing::warn!(peer = %peer.ip(), "DIMSE association refused: address not allowed");
-            if self.cfg.tls.is_none() {
-                let r = rj(
-                    AssociationRJResult::Permanent,
-                    AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
-                );
-                reject(socket, self.cfg.max_pdu, self.cfg.timeout, r).await;
-            }
-            return;
-        }
+    /// Why this connection is refused before its association request is read (the
+    /// metric's result label and the A-ASSOCIATE-RJ), or `None`: the peer's address,
+    /// then a free association slot (`has_slot`), then the spool's watermark.
+    fn refusal(&self, peer: SocketAddr, has_slot: bool) -> Option<(&'static str, AssociationRJ)> {
         let busy = |reason| {
             rj(
                 AssociationRJResult::Transient,
                 AssociationRJSource::ServiceProviderPresentation(reason),
             )
         };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            refuse("refused_busy");
+        let spool = &self.dw.spool;
+        if self.cfg.allow.check_address(peer.ip()).is_err() {
+            tracing::warn!(peer = %peer.ip(), "DIMSE association refused: address not allowed");
+            let r = rj(
+                AssociationRJResult::Permanent,
+                AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            );
+            Some(("refused_caller", r))
+        } else if !has_slot {
             tracing::warn!(
                 max = self.cfg.max_associations,
                 "DIMSE association refused: --dimse-max-associations reached"
             );
-            if self.cfg.tls.is_none() {
-                let r = busy(AssociationRJServiceProviderPresentationReason::LocalLimitExceeded);
-                reject(socket, self.cfg.max_pdu, self.cfg.timeout, r).await;
-            }
-            return;
-        };
-        let spool = &self.dw.spool;
-        if spool.bytes() as f64 > self.cfg.spool_watermark * spool.max_bytes() as f64 {
-            refuse("refused_spool");
+            let r = busy(AssociationRJServiceProviderPresentationReason::LocalLimitExceeded);
+            Some(("refused_busy", r))
+        } else if spool.bytes() as f64 > self.cfg.spool_watermark * spool.max_bytes() as f64 {
             tracing::warn!(
                 spool_bytes = spool.bytes(),
                 spool_max_bytes = spool.max_bytes(),
                 "DIMSE association refused: the spool is above its watermark (the PACS is \
                  not taking instances fast enough)"
             );
+            let r = busy(AssociationRJServiceProviderPresentationReason::TemporaryCongestion);
+            Some(("refused_spool", r))
+        } else {
+            None
+        }
+    }
+
+    async fn connection(self: Arc<Self>, socket: TcpStream, peer: SocketAddr) {
+        let permit = self.permits.clone().try_acquire_owned().ok();
+        if let Some((result, r)) = self.refusal(peer, permit.is_some()) {
+            // A refused connection holds no association slot while it is answered.
+            drop(permit);
+            metrics()
+                .dimse_associations
+                .with_label_values(&[result])
+                .inc();
             if self.cfg.tls.is_none() {
-                let r = busy(AssociationRJServiceProviderPresentationReason::TemporaryCongestion);
                 reject(socket, self.cfg.max_pdu, self.cfg.timeout, r).await;
             }
             return;
