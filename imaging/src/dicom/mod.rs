@@ -67,7 +67,7 @@ mod fragments;
 mod meta;
 mod parse;
 mod pixels;
-pub use pixels::SUPPORTED_TRANSFER_SYNTAXES;
+pub use pixels::supported_transfer_syntaxes;
 mod read;
 mod rle;
 mod scan;

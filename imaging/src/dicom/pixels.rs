@@ -51,54 +51,41 @@ pub(crate) enum Codec {
     DeflatedFrames,
 }
 
-/// Every transfer syntax the reader decodes (what a DICOM receiver may accept).
-pub const SUPPORTED_TRANSFER_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.92",
-    "1.2.840.10008.1.2.4.93",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-    "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.1.98",
-    "1.2.840.10008.1.2.8.1",
+/// The transfer syntaxes the reader decodes, each with its pixel codec: the one list
+/// behind [`Codec::of`] and [`supported_transfer_syntaxes`].
+const CODECS: &[(&str, Codec)] = &[
+    ("1.2.840.10008.1.2", Codec::Native { big_endian: false }),
+    ("1.2.840.10008.1.2.1", Codec::Native { big_endian: false }),
+    (
+        "1.2.840.10008.1.2.1.99",
+        Codec::Native { big_endian: false },
+    ),
+    ("1.2.840.10008.1.2.2", Codec::Native { big_endian: true }),
+    ("1.2.840.10008.1.2.4.50", Codec::Jpeg),
+    ("1.2.840.10008.1.2.4.51", Codec::Jpeg),
+    ("1.2.840.10008.1.2.4.57", Codec::Jpeg),
+    ("1.2.840.10008.1.2.4.70", Codec::Jpeg),
+    ("1.2.840.10008.1.2.4.90", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.91", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.92", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.93", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.201", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.202", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.4.203", Codec::Jpeg2000),
+    ("1.2.840.10008.1.2.5", Codec::Rle),
+    ("1.2.840.10008.1.2.1.98", Codec::EncapsulatedRaw),
+    ("1.2.840.10008.1.2.8.1", Codec::DeflatedFrames),
 ];
 
+/// Every transfer syntax the reader decodes (what a DICOM receiver may accept).
+pub fn supported_transfer_syntaxes() -> impl Iterator<Item = &'static str> {
+    CODECS.iter().map(|(ts, _)| *ts)
+}
+
 impl Codec {
-    /// The codec of a transfer syntax, or None when it is not supported (the list:
-    /// [`SUPPORTED_TRANSFER_SYNTAXES`]).
+    /// The codec of a transfer syntax, or None when it is not supported.
     pub(crate) fn of(ts: &str) -> Option<Codec> {
-        let c = match ts {
-            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.1.99" => {
-                Codec::Native { big_endian: false }
-            }
-            "1.2.840.10008.1.2.2" => Codec::Native { big_endian: true },
-            "1.2.840.10008.1.2.4.50"
-            | "1.2.840.10008.1.2.4.51"
-            | "1.2.840.10008.1.2.4.57"
-            | "1.2.840.10008.1.2.4.70" => Codec::Jpeg,
-            "1.2.840.10008.1.2.4.90"
-            | "1.2.840.10008.1.2.4.91"
-            | "1.2.840.10008.1.2.4.92"
-            | "1.2.840.10008.1.2.4.93"
-            | "1.2.840.10008.1.2.4.201"
-            | "1.2.840.10008.1.2.4.202"
-            | "1.2.840.10008.1.2.4.203" => Codec::Jpeg2000,
-            "1.2.840.10008.1.2.5" => Codec::Rle,
-            "1.2.840.10008.1.2.1.98" => Codec::EncapsulatedRaw,
-            "1.2.840.10008.1.2.8.1" => Codec::DeflatedFrames,
-            _ => return None,
-        };
-        Some(c)
+        CODECS.iter().find(|(t, _)| *t == ts).map(|(_, c)| *c)
     }
 
     /// Whether frames are decoded by dicom-pixeldata (which reads the pixel module
@@ -436,7 +423,8 @@ mod supported_tests {
 
     #[test]
     fn the_supported_list_is_exactly_what_the_codecs_decode() {
-        for ts in SUPPORTED_TRANSFER_SYNTAXES {
+        let supported: Vec<&str> = supported_transfer_syntaxes().collect();
+        for ts in &supported {
             assert!(Codec::of(ts).is_some(), "{ts}");
         }
         // Every UID the codec table knows is listed (the UIDs of PS3.5 annex A in
@@ -449,13 +437,13 @@ mod supported_tests {
                     format!("1.2.840.10008.1.2.{a}"),
                 ] {
                     if Codec::of(&ts).is_some() {
-                        assert!(SUPPORTED_TRANSFER_SYNTAXES.contains(&ts.as_str()), "{ts}");
+                        assert!(supported.contains(&ts.as_str()), "{ts}");
                         known.insert(ts);
                     }
                 }
             }
         }
         // All but the base UID (1.2.840.10008.1.2, implicit VR little endian) have that form.
-        assert_eq!(known.len(), SUPPORTED_TRANSFER_SYNTAXES.len() - 1);
+        assert_eq!(known.len(), supported.len() - 1);
     }
 }

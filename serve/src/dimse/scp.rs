@@ -255,8 +255,8 @@ impl Scp {
             .with_abstract_syntax(message::VERIFICATION)
             .with_abstract_syntax(message::CT_IMAGE_STORAGE)
             .with_abstract_syntax(message::ENHANCED_CT_IMAGE_STORAGE);
-        for ts in ldct_imaging::dicom::SUPPORTED_TRANSFER_SYNTAXES {
-            options = options.with_transfer_syntax(*ts);
+        for ts in ldct_imaging::dicom::supported_transfer_syntaxes() {
+            options = options.with_transfer_syntax(ts);
         }
         match &self.cfg.tls {
             Some(tls) => {
