@@ -120,15 +120,20 @@ fn valid_samples(v: &[f32], h: usize, w: usize) -> Vec<(f32, f32)> {
                 [v[i - 1], v[i], v[i + 1]],
                 [v[i + w - 1], v[i + w], v[i + w + 1]],
             ];
-            let r = n[0][0] + n[0][2] + n[2][0] + n[2][2]
-                - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
-                + 4.0 * n[1][1];
-            let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
-            let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
-            samples.push((r.abs(), (gx * gx + gy * gy).sqrt()));
+            samples.push(residual_and_gradient(&n));
         }
     }
     samples
+}
+
+/// The sample of a 3x3 neighbourhood: |Laplacian-like residual| (the noise) and the
+/// Sobel gradient magnitude (to leave out edges).
+fn residual_and_gradient(n: &[[f32; 3]; 3]) -> (f32, f32) {
+    let r = n[0][0] + n[0][2] + n[2][0] + n[2][2] - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
+        + 4.0 * n[1][1];
+    let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
+    let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
+    (r.abs(), (gx * gx + gy * gy).sqrt())
 }
 
 /// `1.4826 * median(|r|) / 6` (reorders `abs_r`; must be non-empty).
@@ -158,12 +163,7 @@ mod tests {
                 if n.iter().flatten().any(|&p| !(AIR_HU..CLIP_HU).contains(&p)) {
                     continue;
                 }
-                let r = n[0][0] + n[0][2] + n[2][0] + n[2][2]
-                    - 2.0 * (n[0][1] + n[1][0] + n[1][2] + n[2][1])
-                    + 4.0 * n[1][1];
-                let gx = (n[0][2] + 2.0 * n[1][2] + n[2][2]) - (n[0][0] + 2.0 * n[1][0] + n[2][0]);
-                let gy = (n[2][0] + 2.0 * n[2][1] + n[2][2]) - (n[0][0] + 2.0 * n[0][1] + n[0][2]);
-                samples.push((r.abs(), (gx * gx + gy * gy).sqrt()));
+                samples.push(residual_and_gradient(&n));
             }
         }
         samples
