@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 
 from conftest import real_ct_files
 from test_dicomweb_orthanc import Orthanc, PrivateNetwork, dataset, hu, real_files
+from test_dicomweb_orthanc import wait_for as orthanc_wait_for
 from test_serve_support import Server, free_port, metric_sum, reference_hu, session, write_tiny_model
 
 STORESCU, STORESCP, ECHOSCU, DCIODVFY = (shutil.which(t) for t in ("storescu", "storescp", "echoscu", "dciodvfy"))
@@ -126,13 +127,9 @@ class StoreScp:
         return [dataset(p.read_bytes()) for p in sorted(self.out.iterdir()) if p.is_file()]
 
 
-def wait_for(what, predicate, timeout=90, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+def wait_for(what, predicate, timeout=90):
+    """test_dicomweb_orthanc's wait, with room for a loaded 2-core machine."""
+    return orthanc_wait_for(what, predicate, timeout=timeout)
 
 
 def echo(calling, called, port):
