@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from test_serve_oip import reference
-from test_serve_support import Server, session, write_tiny_model
+from test_serve_support import Server, free_port, session, write_tiny_model
 
 yaml = pytest.importorskip("yaml")
 
@@ -32,7 +33,7 @@ SCHEMAS = ROOT / ".cache" / "api-schemas"
 PRIMITIVE = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
              "datetime": str, "date": str}
 # What the server speaks (KServe's protocolVersions names).
-SERVED_PROTOCOLS = {"v2"}
+SERVED_PROTOCOLS = {"v2", "grpc-v2"}
 
 
 def wheel(prefix: str) -> Path:
@@ -119,14 +120,19 @@ def isvc():
     return manifest("inferenceservice.yaml")
 
 
+@pytest.fixture(scope="module")
+def isvc_grpc():
+    return manifest("inferenceservice-grpc.yaml")
+
+
 KINDS = {
     ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "V1alpha1ClusterServingRuntime",
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
 }
 
 
-def test_manifests_fit_kserves_api_models(schemas, runtime, isvc):
-    for doc in (runtime, isvc):
+def test_manifests_fit_kserves_api_models(schemas, runtime, isvc, isvc_grpc):
+    for doc in (runtime, isvc, isvc_grpc):
         cls = KINDS[(doc["apiVersion"], doc["kind"])]
         assert problems(doc, cls, schemas, doc["kind"]) == []
     # The check can fail: a misspelt field and a wrong type are found.
@@ -153,8 +159,13 @@ def test_the_runtime_and_the_service_fit_together(runtime, isvc):
     (c,) = spec["containers"]
     assert c["name"] == "kserve-container"
     assert "--models=/mnt/models" in c["args"] and "--model-name={{.Name}}" in c["args"]
-    port = c["ports"][0]["containerPort"]
+    # No ports of its own (Knative routes one): REST on 8080 unless the service names
+    # the gRPC port h2c; both listeners are always on.
+    assert "ports" not in c
+    port = 8080
     assert f"--bind=0.0.0.0:{port}" in c["args"]
+    assert "--grpc-bind=0.0.0.0:9000" in c["args"]
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(port)
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
@@ -167,6 +178,19 @@ def test_the_runtime_and_the_service_fit_together(runtime, isvc):
     assert re.search(r"@sha256:[0-9a-f]{64}$", c["image"])
 
 
+def test_the_grpc_service_routes_the_runtimes_grpc_port(runtime, isvc_grpc):
+    (c,) = runtime["spec"]["containers"]
+    model = isvc_grpc["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2" in runtime["spec"]["protocolVersions"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    (port,) = model["ports"]
+    assert port["name"] == "h2c"  # Knative's name for plain-text HTTP/2
+    assert f"--grpc-bind=0.0.0.0:{port['containerPort']}" in c["args"]
+    # Not applied with the REST service by `kubectl apply -k`.
+    kust = yaml.safe_load((KSERVE / "kustomization.yaml").read_text())
+    assert "inferenceservice-grpc.yaml" not in kust["resources"]
+
+
 def test_the_server_runs_as_the_runtime_container_and_answers_under_the_service_name(
         runtime, isvc, tmp_path):
     """KServe's storage initializer puts the storageUri's model folder at /mnt/models
@@ -177,8 +201,11 @@ def test_the_server_runs_as_the_runtime_container_and_answers_under_the_service_
     name = isvc["metadata"]["name"]
     mnt = tmp_path / "mnt" / "models"
     onnx_path = write_tiny_model(mnt, name="tiny", multiple=8)
+    grpc_port = free_port()
     args = [a.replace("{{.Name}}", name).replace("/mnt/models", str(mnt))
+            .replace("--grpc-bind=0.0.0.0:9000", f"--grpc-bind=127.0.0.1:{grpc_port}")
             for a in c["args"] if not a.startswith("--bind=")]
+    assert f"--grpc-bind=127.0.0.1:{grpc_port}" in args
     server = Server(None, *args, log=tmp_path / "serve.log")
     server.env = {e["name"]: e["value"] for e in c["env"]}
     with server:
@@ -201,5 +228,18 @@ def test_the_server_runs_as_the_runtime_container_and_answers_under_the_service_
             assert result.get_response()["model_name"] == name
         finally:
             client.close()
+        # The same model over grpc-v2, under the same name.
+        gclient = grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+        try:
+            assert gclient.is_server_ready() and gclient.is_model_ready(name)
+            assert not gclient.is_model_ready("tiny")
+            ginp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            ginp.set_data_from_numpy(x)
+            gresult = gclient.infer(name, [ginp])
+            np.testing.assert_allclose(gresult.as_numpy("output"), reference(session(onnx_path), x),
+                                       atol=1e-5)
+            assert gresult.get_response().model_name == name
+        finally:
+            gclient.close()
         metrics = server.request("GET", "/metrics").body.decode()
         assert f'ldct_model_warmup_duration_seconds_count{{model="{name}"}} 1' in metrics, metrics
