@@ -18,7 +18,12 @@ trainer/src/train/{cyclegan,supervised}.rs):
 - CycleGAN step: G step (LSGAN + 10 x L1 cycle + 5 x L1 identity, both directions,
   discriminators frozen), Adam 2e-4 (0.5, 0.999); D step on image-pool fakes (pool
   50), Adam; supervised step: L1, Adam;
-- inputs: tanh of N(0, 0.3) patches; timing: median and best of --steps after one
+- unet: the default model's U-Net (configs/default.toml: base 24, depth 4, no
+  normalisation, a noise-map input channel; 3x3 convolutions with biases, stride-2
+  3x3 downsampling, transposed-conv 3x3 stride-2 upsampling, skip concat, 1x1 head,
+  tanh, + the image channel), supervised L1 step, Adam, batch 8 of 96x96;
+- inputs: tanh of N(0, 0.3) patches (+ a constant noise-level channel per patch for
+  the U-Net); timing: median and best of --steps after one
   warm-up step; peak RSS of the process (one process per configuration);
 - g512: the ngf 64 / 9 blocks generator's inference on one 512x512 slice (best of 2).
 
@@ -34,14 +39,17 @@ import subprocess
 import sys
 import time
 
+# (method, generator, width, blocks or depth, batch, patch): the rows of
+# bench/train_step.py, in the same order.
 CONFIGS = [
-    ("cyclegan", 32, 6, 4, 64),
-    ("cyclegan", 64, 9, 1, 128),
-    ("supervised", 32, 6, 4, 64),
+    ("cyclegan", "resnet", 32, 6, 4, 64),
+    ("cyclegan", "resnet", 64, 9, 1, 128),
+    ("supervised", "resnet", 32, 6, 4, 64),
+    ("supervised", "unet", 24, 4, 8, 96),
 ]
 
 
-def child(method, ngf, blocks, batch, patch, steps, threads):
+def child(method, generator, ngf, blocks, batch, patch, steps, threads):
     import torch
     from torch import nn
 
@@ -81,6 +89,36 @@ def child(method, ngf, blocks, batch, patch, steps, threads):
         def forward(self, x):
             return x + self.net(x)
 
+    class Unet(nn.Module):
+        def __init__(self, base, depth, cin=2):
+            super().__init__()
+            relu = lambda: nn.ReLU(True)  # noqa: E731
+            ch = [base << level for level in range(depth + 1)]
+            self.enc = nn.ModuleList([nn.Sequential(
+                nn.Conv2d(cin, ch[0], 3, 1, 1), relu(), nn.Conv2d(ch[0], ch[0], 3, 1, 1), relu())])
+            for level in range(1, depth + 1):
+                self.enc.append(nn.Sequential(
+                    nn.Conv2d(ch[level - 1], ch[level], 3, 2, 1), relu(),
+                    nn.Conv2d(ch[level], ch[level], 3, 1, 1), relu()))
+            self.up = nn.ModuleList()
+            self.dec = nn.ModuleList()
+            for level in range(depth, 0, -1):
+                self.up.append(nn.Sequential(nn.ConvTranspose2d(ch[level], ch[level - 1], 3, 2, 1, 1), relu()))
+                self.dec.append(nn.Sequential(
+                    nn.Conv2d(2 * ch[level - 1], ch[level - 1], 3, 1, 1), relu(),
+                    nn.Conv2d(ch[level - 1], ch[level - 1], 3, 1, 1), relu()))
+            self.head = nn.Conv2d(ch[0], 1, 1)
+
+        def forward(self, x):
+            skips, h = [], x
+            for enc in self.enc:
+                h = enc(h)
+                skips.append(h)
+            skips.pop()
+            for up, dec in zip(self.up, self.dec):
+                h = dec(torch.cat([up(h), skips.pop()], 1))
+            return x[:, :1] + torch.tanh(self.head(h))
+
     def patchgan(ndf=64, n_layers=3):
         layers = [nn.Conv2d(1, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         c = ndf
@@ -117,6 +155,8 @@ def child(method, ngf, blocks, batch, patch, steps, threads):
     shape = (batch, 1, patch, patch)
     low = torch.tanh(torch.randn(shape) * 0.3)
     full = torch.tanh(torch.randn(shape) * 0.3)
+    if generator == "unet":
+        low = torch.cat([low, (torch.rand(batch, 1, 1, 1) * 0.2).expand(shape)], 1)
     mse, l1 = nn.MSELoss(), nn.L1Loss()
 
     if method == "cyclegan":
@@ -149,7 +189,7 @@ def child(method, ngf, blocks, batch, patch, steps, threads):
             loss_d.backward()
             opt_d.step()
     else:
-        g = Resnet(ngf, blocks)
+        g = Unet(ngf, blocks) if generator == "unet" else Resnet(ngf, blocks)
         g.apply(init)
         opt = adam(g.parameters())
 
@@ -166,7 +206,7 @@ def child(method, ngf, blocks, batch, patch, steps, threads):
         times.append(time.perf_counter() - t0)
     times.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"method": method, "ngf": ngf, "blocks": blocks, "batch": batch, "patch": patch,
+    print(json.dumps({"method": method, "generator": generator, "ngf": ngf, "blocks": blocks, "batch": batch, "patch": patch,
                       "torch": torch.__version__, "threads": threads,
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                       "s_per_step_median": times[len(times) // 2], "s_per_step_min": times[0],
@@ -219,25 +259,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--g512", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     threads = args.threads or os.cpu_count() or 1
     if args.child:
-        m, ngf, blocks, batch, patch = args.child
-        child(m, int(ngf), int(blocks), int(batch), int(patch), args.steps, threads)
+        m, gen, ngf, blocks, batch, patch = args.child
+        child(m, gen, int(ngf), int(blocks), int(batch), int(patch), args.steps, threads)
         return
     if args.g512:
         g512(threads)
         return
     rows = []
-    print(f"{'method':<11} {'ngf':>4} {'blocks':>6} {'batch':>5} {'patch':>5} {'s/step (median)':>15} {'min':>7} {'peak RSS MiB':>12}")
+    print(f"{'method':<11} {'net':<6} {'ngf':>4} {'blocks':>6} {'batch':>5} {'patch':>5} {'s/step (median)':>15} "
+          f"{'min':>7} {'peak RSS MiB':>12}")
     for cfg in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--threads", str(threads),
                               "--child", *map(str, cfg)], check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"{r['method']:<11} {r['ngf']:>4} {r['blocks']:>6} {r['batch']:>5} {r['patch']:>5} "
+        print(f"{r['method']:<11} {r['generator']:<6} {r['ngf']:>4} {r['blocks']:>6} {r['batch']:>5} {r['patch']:>5} "
               f"{r['s_per_step_median']:>15.3f} {r['s_per_step_min']:>7.3f} {r['peak_rss_mib']:>12.0f}", flush=True)
     out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--g512"],
                          check=True, capture_output=True, text=True)

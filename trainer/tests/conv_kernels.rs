@@ -8,6 +8,7 @@
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use ldct_proto::arch::{Arch, Norm, PatchganConfig, Preset, ResnetConfig, UnetConfig};
 use ldct_train::model::{Init, Network};
+use ldct_train::nn::simd::{self, Isa};
 use ldct_train::nn::{conv_cpu, gradcheck::check_gradients, ConvBackend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -357,6 +358,59 @@ fn winograd_layers_match_candle() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Every vector level this CPU has (`nn::simd`: baseline SSE2, AVX2, AVX-512) gives
+/// the same convolutions: Winograd layers wide enough for the kernels' full
+/// blocks (16 tiles and more per row) and ragged edges, every gradient against
+/// Candle's, with the level forced for the process (the other levels are just as
+/// correct, so tests running meanwhile are unaffected).
+#[test]
+fn every_vector_level_matches_candle() -> Result<()> {
+    let levels: Vec<Isa> = [Isa::Baseline, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&l| l <= Isa::supported())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(24);
+    for &level in &levels {
+        simd::force(Some(level));
+        assert_eq!(Isa::detect(), level);
+        for i in 0..6 {
+            let c = Case {
+                transposed: i % 3 == 2,
+                n: rng.random_range(1..=2),
+                c_in: rng.random_range(16..=24),
+                c_out: rng.random_range(16..=24),
+                k: 3,
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+                output_padding: 0,
+                h: rng.random_range(8..=40),
+                w: rng.random_range(33..=48),
+                bias: true,
+            };
+            let s = setup(&c, DType::F32, &mut rng);
+            let y = c.run(ConvBackend::Fast, &s.x, &s.w, Some(s.b.as_tensor()))?;
+            let r = c.run(ConvBackend::Candle, &s.x, &s.w, Some(s.b.as_tensor()))?;
+            let d = rel_diff(&y, &r);
+            assert!(
+                d <= tol(DType::F32),
+                "{level:?} {c:?}: forward differs by {d:e}"
+            );
+            let fast = grads(&c, &s, ConvBackend::Fast)?;
+            let reference = grads(&c, &s, ConvBackend::Candle)?;
+            for (name, v) in [("x", &s.x), ("w", &s.w), ("b", &s.b)] {
+                let d = rel_diff(fast.get(v).unwrap(), reference.get(v).unwrap());
+                assert!(
+                    d <= tol(DType::F32),
+                    "{level:?} {c:?}: d{name} differs by {d:e}"
+                );
+            }
+        }
+    }
+    simd::force(None);
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //!   and the composite reference that runs on any device) and batch
 //!   normalisation in both modes.
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
+//! - [`profile`]: per-op timers of a training step (`bench-step --profile`).
+//! - [`simd`]: the CPU's widest vector extension, chosen at run time, for the
+//!   kernels' hot loops.
 //! - [`conv`]: [`ConvBackend`], the one switch that picks the convolution
 //!   implementation of every network (Candle's ops are the reference path).
 //! - [`conv_cpu`]: the `fast` backend's CPU convolution kernels (conv2d and
@@ -32,6 +35,8 @@ pub mod conv_cpu;
 pub mod gradcheck;
 pub mod norm;
 pub mod pad;
+pub mod profile;
+pub mod simd;
 
 pub use conv::ConvBackend;
 pub use norm::{batch_norm, batch_stats, instance_norm, instance_norm_reference};

@@ -7,6 +7,8 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
+use crate::nn::profile::{time, Op};
+
 /// Adam over a fixed list of named variables.
 #[derive(Debug)]
 pub struct Adam {
@@ -48,6 +50,10 @@ impl Adam {
     /// One update with learning rate `lr`; variables without a gradient are left
     /// alone (their moments too).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        time(Op::Adam, || self.step_untimed(grads, lr))
+    }
+
+    fn step_untimed(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
         let c1 = 1.0 - self.beta1.powi(self.t as i32);
         let c2 = 1.0 - self.beta2.powi(self.t as i32);

@@ -10,6 +10,7 @@ use super::adam::Adam;
 use super::config::{Loss, TrainConfig};
 use super::method::{l1, mse, named_trainable, scalar, Method};
 use crate::model::{ModelError, Network};
+use crate::nn::profile::{time, Op};
 
 pub struct Supervised {
     net: Network,
@@ -44,12 +45,12 @@ impl Method for Supervised {
         lr: f64,
         _rng: &mut StdRng,
     ) -> Result<Vec<f64>> {
-        let out = self.net.forward(low)?;
-        let loss = match self.loss {
-            Loss::L1 => l1(&out, full)?,
-            Loss::Mse => mse(&out, full)?,
-        };
-        let grads = loss.backward()?;
+        let out = time(Op::Forward, || self.net.forward(low))?;
+        let loss = time(Op::Loss, || match self.loss {
+            Loss::L1 => l1(&out, full),
+            Loss::Mse => mse(&out, full),
+        })?;
+        let grads = time(Op::Backward, || loss.backward())?;
         self.opt.step(&grads, lr)?;
         Ok(vec![scalar(&loss)?])
     }

@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use super::direct::{self, DIRECT_MAX_OUT};
 pub use super::geom::{Float, Geom};
 use super::{im2col, winograd};
+use crate::nn::profile::{time, Op};
 
 /// `B_n = K · im2col(A_n)` (+ bias per output channel) for every sample:
 /// `a [n, c_in, h, w]`, `kmat [c_out, c_in·kh·kw]`, `bias [c_out]`; returns
@@ -43,12 +44,18 @@ pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> V
     }
     let plan = g.plan();
     if g.c_out <= DIRECT_MAX_OUT {
-        return direct::forward(g, &plan, a, kmat, bias);
+        return time(Op::ConvForwardDirect, || {
+            direct::forward(g, &plan, a, kmat, bias)
+        });
     }
     if winograd::applies(g) {
-        return winograd::forward(g, a, kmat, bias);
+        return time(Op::ConvForwardWinograd, || {
+            winograd::forward(g, a, kmat, bias)
+        });
     }
-    im2col::forward(g, &plan, a, kmat, bias)
+    time(Op::ConvForwardIm2col, || {
+        im2col::forward(g, &plan, a, kmat, bias)
+    })
 }
 
 /// `A_n = col2im(Kᵀ · B_n)` (+ bias per channel of A) for every sample:
@@ -67,13 +74,19 @@ pub fn data_grad<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>) ->
         return a;
     }
     if g.c_out <= DIRECT_MAX_OUT {
-        return direct::data_grad(g, &g.plan(), b, kmat, bias);
+        return time(Op::ConvDataGradDirect, || {
+            direct::data_grad(g, &g.plan(), b, kmat, bias)
+        });
     }
     if winograd::applies_to_data_grad(g) {
-        let flipped = winograd::flip_kernels(kmat, g.c_out, g.c_in);
-        return winograd::forward(&winograd::transposed(g), b, &flipped, bias);
+        return time(Op::ConvDataGradWinograd, || {
+            let flipped = winograd::flip_kernels(kmat, g.c_out, g.c_in);
+            winograd::forward(&winograd::transposed(g), b, &flipped, bias)
+        });
     }
-    im2col::data_grad(g, b, kmat, bias)
+    time(Op::ConvDataGradIm2col, || {
+        im2col::data_grad(g, b, kmat, bias)
+    })
 }
 
 /// `K = Σ_n B_n · im2col(A_n)ᵀ`: `a [n, c_in, h, w]`, `b [n, c_out, ho, wo]`;
@@ -89,15 +102,23 @@ pub fn weight_grad<T: Float>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
     }
     let plan = g.plan();
     if g.c_out <= DIRECT_MAX_OUT {
-        return direct::weight_grad(g, &plan, a, b);
+        return time(Op::ConvWeightGradDirect, || {
+            direct::weight_grad(g, &plan, a, b)
+        });
     }
-    im2col::weight_grad(g, &plan, a, b)
+    time(Op::ConvWeightGradIm2col, || {
+        im2col::weight_grad(g, &plan, a, b)
+    })
 }
 
 /// Per-channel sum of `g [n, c, plane]` over samples and positions (a bias
 /// gradient): eight running sums over blocks of 1024 values, the blocks' sums
 /// added in f64.
 pub fn channel_sums<T: Float>(g: &[T], n: usize, c: usize, plane: usize) -> Vec<T> {
+    time(Op::ConvBiasGrad, || channel_sums_untimed(g, n, c, plane))
+}
+
+fn channel_sums_untimed<T: Float>(g: &[T], n: usize, c: usize, plane: usize) -> Vec<T> {
     (0..c)
         .into_par_iter()
         .map(|ci| {

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
 use super::geom::{Float, Geom, SharedMut};
+use crate::nn::simd;
 
 /// Channels below which the transforms cost more than the products save.
 const MIN_CHANNELS: usize = 16;
@@ -112,20 +113,9 @@ pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> V
         return b;
     }
     let u = transform_kernels(g, kmat);
-    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-    let per_tile = 16 * (g.c_in + g.c_out);
-    let threads = rayon::current_num_threads();
-    let mut rows = (BLOCK_ELEMS / (per_tile * tw)).clamp(1, th);
-    // Enough tasks for every thread where the image allows.
-    rows = rows.min((g.n * th).div_ceil(2 * threads).max(1));
-    let tasks: Vec<(usize, usize, usize)> = (0..g.n)
-        .flat_map(|i| {
-            (0..th)
-                .step_by(rows)
-                .map(move |t0| (i, t0, (t0 + rows).min(th)))
-        })
-        .collect();
-    let parallel_gemm = tasks.len() < threads;
+    let tw = g.wo.div_ceil(2);
+    let tasks = tile_tasks(g, g.c_in + g.c_out);
+    let parallel_gemm = tasks.len() < rayon::current_num_threads();
     let out = SharedMut::new(b.as_mut_ptr());
     tasks.par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
@@ -134,7 +124,13 @@ pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> V
             v.resize(16 * g.c_in * tiles, T::ZERO);
             m.resize(16 * g.c_out * tiles, T::ZERO);
             let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-            transform_patches(g, a_i, t0..t1, tw, v);
+            simd::dispatch(Patches {
+                g,
+                a: a_i,
+                trows: t0..t1,
+                tw,
+                v,
+            });
             for xi in 0..16 {
                 let lhs = Mat {
                     ptr: u[xi * g.c_out * g.c_in..].as_ptr(),
@@ -162,13 +158,57 @@ pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> V
                     )
                 };
             }
+            let b_i = out.get().wrapping_add(i * g.b_len());
             // SAFETY: `b` outlives the tasks, sample i starts at i·b_len, and
             // this task alone writes its output rows 2·t0 .. 2·t1 (blocks of tile
             // rows are disjoint).
-            unsafe { write_tiles(g, m, t0..t1, tw, bias, out.get().add(i * g.b_len())) };
+            simd::dispatch(Tiles {
+                g,
+                m,
+                trows: t0..t1,
+                tw,
+                bias,
+                b: b_i,
+            });
         },
     );
     b
+}
+
+/// [`transform_patches`] as a [`simd::Kernel`].
+struct Patches<'a, T> {
+    g: &'a Geom,
+    a: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    v: &'a mut [T],
+}
+
+impl<T: Float> simd::Kernel for Patches<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        transform_patches(self.g, self.a, self.trows, self.tw, self.v)
+    }
+}
+
+/// [`write_tiles`] as a [`simd::Kernel`]; `b` as [`write_tiles`] requires.
+struct Tiles<'a, T> {
+    g: &'a Geom,
+    m: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    bias: Option<&'a [T]>,
+    b: *mut T,
+}
+
+impl<T: Float> simd::Kernel for Tiles<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        // SAFETY: the creator of a Tiles upholds write_tiles' contract for `b`.
+        unsafe { write_tiles(self.g, self.m, self.trows, self.tw, self.bias, self.b) }
+    }
 }
 
 /// Tiles transformed together (lane-wise array arithmetic that vectorises).
@@ -181,9 +221,25 @@ fn lanes<T: Float>(f: impl FnMut(usize) -> T) -> Lanes<T> {
     std::array::from_fn(f)
 }
 
+/// `dst.copy_from_slice(&src[..dst.len()])`, as one fixed-size vector copy when
+/// `dst` has all [`LANES`] (a copy of a run-time length is a call to memcpy).
+#[inline(always)]
+fn copy_lanes<T: Float>(dst: &mut [T], src: &[T]) {
+    if let (Ok(d), Some(s)) = (
+        <&mut Lanes<T>>::try_from(&mut *dst),
+        src.get(..LANES).and_then(|s| <&Lanes<T>>::try_from(s).ok()),
+    ) {
+        *d = *s;
+    } else {
+        let n = dst.len();
+        dst.copy_from_slice(&src[..n]);
+    }
+}
+
 /// `V_ξ [c_in, tiles]`: `Bᵀ d B` of the 4x4 patch under every 2x2 output tile
 /// of tile rows `trows` of one sample `a [c_in, h, w]`, [`LANES`] tiles of a
 /// row at a time.
+#[inline(always)]
 fn transform_patches<T: Float>(
     g: &Geom,
     a: &[T],
@@ -204,12 +260,25 @@ fn transform_patches<T: Float>(
                 // d[dy][dx][j]: the patch of tile tx0 + j.
                 let mut d = [[[T::ZERO; LANES]; 4]; 4];
                 let inside_x = x0 >= 0 && x0 + 2 * nl as isize + 2 <= w;
+                // A full block inside the image: one contiguous run of 2·LANES + 2
+                // pixels per row, split into the four strided lanes in registers.
+                let full = inside_x && nl == LANES;
                 for (dy, drow) in d.iter_mut().enumerate() {
                     let y = y0 + dy as isize;
                     if y < 0 || y >= h {
                         continue;
                     }
                     let line = &plane[y as usize * g.w..(y as usize + 1) * g.w];
+                    if full {
+                        let run: &[T; 2 * LANES + 2] = line
+                            [x0 as usize..x0 as usize + 2 * LANES + 2]
+                            .try_into()
+                            .expect("a slice of 2·LANES + 2");
+                        for (dx, lane) in drow.iter_mut().enumerate() {
+                            *lane = lanes(|j| run[2 * j + dx]);
+                        }
+                        continue;
+                    }
                     for (dx, lane) in drow.iter_mut().enumerate() {
                         if inside_x {
                             let src = &line[(x0 as usize + dx)..];
@@ -244,7 +313,7 @@ fn transform_patches<T: Float>(
                     ];
                     for (col, vals) in cols.iter().enumerate() {
                         let at = (row * 4 + col) * stride_xi + base;
-                        v[at..at + nl].copy_from_slice(&vals[..nl]);
+                        copy_lanes(&mut v[at..at + nl], vals);
                     }
                 }
             }
@@ -259,6 +328,7 @@ fn transform_patches<T: Float>(
 ///
 /// `b` must point to `c_out·ho·wo` writable elements whose rows `2·trows.start ..
 /// 2·trows.end` of every channel no one else accesses meanwhile.
+#[inline(always)]
 unsafe fn write_tiles<T: Float>(
     g: &Geom,
     m: &[T],
@@ -280,7 +350,7 @@ unsafe fn write_tiles<T: Float>(
                     std::array::from_fn(|col| {
                         let at = (row * 4 + col) * stride_xi + base;
                         let mut l = [T::ZERO; LANES];
-                        l[..nl].copy_from_slice(&m[at..at + nl]);
+                        copy_lanes(&mut l[..nl], &m[at..at + nl]);
                         l
                     })
                 });
@@ -300,6 +370,22 @@ unsafe fn write_tiles<T: Float>(
                         lanes(|j| sr[1][j] - sr[2][j] - sr[3][j] + beta),
                     ];
                     let row = plane + y * g.wo;
+                    if nl == LANES && 2 * (tx0 + LANES) <= g.wo {
+                        // A full block: the two columns interleaved in registers,
+                        // one contiguous store of 2·LANES pixels.
+                        let run: [T; 2 * LANES] = std::array::from_fn(|k| out[k % 2][k / 2]);
+                        // SAFETY: pixels 2·tx0 .. 2·tx0 + 2·LANES of row y are
+                        // inside channel co's plane (checked above) and this
+                        // task's (see the function's contract).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                run.as_ptr(),
+                                b.add(row + 2 * tx0),
+                                2 * LANES,
+                            )
+                        };
+                        continue;
+                    }
                     for j in 0..nl {
                         for (dx, o) in out.iter().enumerate() {
                             let x = 2 * (tx0 + j) + dx;
@@ -314,4 +400,22 @@ unsafe fn write_tiles<T: Float>(
             }
         }
     }
+}
+
+/// Tasks of tile rows: (sample, first tile row, end tile row), blocks of at most
+/// [`BLOCK_ELEMS`] transformed elements, at least two tasks per thread where the
+/// image allows.
+fn tile_tasks(g: &Geom, channels: usize) -> Vec<(usize, usize, usize)> {
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    let threads = rayon::current_num_threads();
+    let rows = (BLOCK_ELEMS / (16 * channels * tw).max(1))
+        .clamp(1, th.max(1))
+        .min((g.n * th).div_ceil(2 * threads).max(1));
+    (0..g.n)
+        .flat_map(|i| {
+            (0..th)
+                .step_by(rows)
+                .map(move |t0| (i, t0, (t0 + rows).min(th)))
+        })
+        .collect()
 }
