@@ -19,7 +19,7 @@ ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/pyth
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-soak bench-train bench-roofline model quality
+.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-soak bench-train bench-train-vs-torch bench-roofline model quality
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -28,7 +28,7 @@ help:
 	@echo "make setup   install the venv and Debian packages only"
 	@echo "make model   retrain the default model (make data + fit configs/default.toml, default-finetune.toml, default-finetune2.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
-	@echo "make bench-train | bench-serve | bench-soak | bench-simulate | bench-roofline   benchmarks (print figures)"
+	@echo "make bench-train | bench-train-vs-torch | bench-serve | bench-soak | bench-simulate | bench-roofline   benchmarks (print figures)"
 	@echo "make fuzz    fuzz the parsers of untrusted bytes (nightly + cargo-fuzz; FUZZ_SECONDS per target)"
 
 setup:
@@ -119,6 +119,13 @@ bench-simulate: setup
 bench-train: setup
 	$(CARGO) build --release -p ldct-train
 	$(RUN_ENV) $(PYTHON) bench/train_step.py --bin target/release/ldct-train
+
+# ldct's training steps beside PyTorch's (a throwaway .venv-torch, scripts/torch_venv.sh),
+# row by row, with the ratio and the CPU's model and vector extensions.
+bench-train-vs-torch: setup
+	$(CARGO) build --release -p ldct-train
+	scripts/torch_venv.sh
+	$(RUN_ENV) $(PYTHON) bench/train_vs_torch.py --bin target/release/ldct-train --torch-python .venv-torch/bin/python
 
 bench-roofline: setup
 	$(PYTHON) bench/roofline.py --model models/default

@@ -39,14 +39,8 @@ import subprocess
 import sys
 import time
 
-# (method, generator, width, blocks or depth, batch, patch): the rows of
-# bench/train_step.py, in the same order.
-CONFIGS = [
-    ("cyclegan", "resnet", 32, 6, 4, 64),
-    ("cyclegan", "resnet", 64, 9, 1, 128),
-    ("supervised", "resnet", 32, 6, 4, 64),
-    ("supervised", "unet", 24, 4, 8, 96),
-]
+from train_configs import CONFIGS
+
 
 
 def child(method, generator, ngf, blocks, batch, patch, steps, threads):

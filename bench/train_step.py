@@ -5,9 +5,9 @@ configurations, one process each (so each peak is its own).
     make bench-train                     # builds ldct-train in release, runs this
     python3 bench/train_step.py --bin target/release/ldct-train [--backend candle fast]
 
-Configurations (issue 4): CycleGAN ngf 32 / 6 blocks / batch 4 / 64x64, CycleGAN
-ngf 64 / 9 blocks / batch 1 / 128x128, and the supervised step (ngf 32 / 6 blocks /
-batch 4 / 64x64). Random patches: no dataset needed.
+Configurations: bench/train_configs.py (the CycleGAN and supervised ResNet steps of
+issue 4 and the default model's U-Net step). Random patches: no dataset needed.
+`--profile` adds each row's seconds per step by op type (`bench-step --profile`).
 """
 
 import argparse
@@ -16,13 +16,8 @@ import os
 import subprocess
 import sys
 
-from machine import cpu_name
-
-CONFIGS = [
-    ("cyclegan", 32, 6, 4, 64),
-    ("cyclegan", 64, 9, 1, 128),
-    ("supervised", 32, 6, 4, 64),
-]
+from machine import cpu_flags, cpu_name
+from train_configs import CONFIGS, label, ldct_args
 
 
 def main():
@@ -31,28 +26,28 @@ def main():
     ap.add_argument("--backend", nargs="+", default=["candle"], help="convolution backends to compare")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--profile", action="store_true", help="print each row's time by op type")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: build it with `cargo build --release -p ldct-train`")
-    print(f"# {cpu_name()}, {os.cpu_count()} logical CPUs")
-    print(f"{'method':<11} {'ngf':>4} {'blocks':>6} {'batch':>5} {'patch':>5} {'backend':<8} "
-          f"{'s/step (median)':>15} {'min':>7} {'peak RSS MiB':>12}")
+    print(f"# {cpu_name()} ({', '.join(cpu_flags()) or 'no AVX2'}), {os.cpu_count()} logical CPUs, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'step':<52} {'backend':<8} {'isa':<8} {'s/step (median)':>15} {'min':>7} {'peak RSS MiB':>12}")
     rows = []
     for backend in args.backend:
-        for method, ngf, blocks, batch, patch in CONFIGS:
-            cmd = [args.bin, "bench-step", "--method", method, "--ngf", str(ngf), "--blocks", str(blocks),
-                   "--batch", str(batch), "--patch", str(patch), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--conv-backend", backend]
+        for cfg in CONFIGS:
+            cmd = [args.bin, *ldct_args(cfg, args.steps, args.warmup, backend, args.profile)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"{method} {ngf}/{blocks} {backend}: failed: {out.stderr.strip()[-500:]}")
+                print(f"{label(cfg)} {backend}: failed: {out.stderr.strip()[-500:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{method:<11} {ngf:>4} {blocks:>6} {batch:>5} {patch:>5} {backend:<8} "
-                  f"{r['s_per_step_median']:>15.3f} {r['s_per_step_min']:>7.3f} {r['peak_rss_mib']:>12.0f}",
-                  flush=True)
+            print(f"{label(cfg):<52} {backend:<8} {r['isa']:<8} {r['s_per_step_median']:>15.3f} "
+                  f"{r['s_per_step_min']:>7.3f} {r['peak_rss_mib']:>12.0f}", flush=True)
+            for op, secs in sorted((r.get("profile") or {}).items(), key=lambda kv: -kv[1]):
+                print(f"    {secs * 1000:8.1f} ms  {op}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -568,7 +568,7 @@ impl Network {
                         )?
                     }
                 }
-                Op::Relu => a.relu()?,
+                Op::Relu => self.backend.relu(a)?,
                 Op::LeakyRelu { slope } => candle_nn::ops::leaky_relu(a, slope)?,
                 Op::Tanh => a.tanh()?,
                 Op::Add => a.add(inputs[1])?,

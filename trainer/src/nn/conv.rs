@@ -67,6 +67,15 @@ impl ConvBackend {
         add_bias(y, bias)
     }
 
+    /// ReLU: with `fast`, the one-pass CPU op of [`crate::nn::relu`] (its backward is
+    /// one pass too); Candle's otherwise.
+    pub fn relu(self, x: &Tensor) -> Result<Tensor> {
+        if self.fast_for(x) {
+            return crate::nn::relu::relu(x);
+        }
+        x.relu()
+    }
+
     /// 2-D transposed convolution: `x [N, Cin, H, W]`, `weight [Cin, Cout, k, k]`,
     /// optional `bias [Cout]`; `H' = (H - 1) * stride - 2 * padding + k + output_padding`.
     pub fn conv_transpose2d(

@@ -8,6 +8,7 @@
 //!   normalisation in both modes.
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
 //! - [`profile`]: per-op timers of a training step (`bench-step --profile`).
+//! - [`relu`]: ReLU with a one-pass backward (the `fast` backend's).
 //! - [`simd`]: the CPU's widest vector extension, chosen at run time, for the
 //!   kernels' hot loops.
 //! - [`conv`]: [`ConvBackend`], the one switch that picks the convolution
@@ -36,6 +37,7 @@ pub mod gradcheck;
 pub mod norm;
 pub mod pad;
 pub mod profile;
+pub mod relu;
 pub mod simd;
 
 pub use conv::ConvBackend;

@@ -5,6 +5,7 @@
 //! [`crate::run_dir`] defines (its files, `run.json`, how it is read back).
 
 pub mod adam;
+mod adam_cpu;
 pub mod adversary;
 pub mod config;
 pub mod cyclegan;
