@@ -180,7 +180,7 @@ impl<T: Real> Kernel for ApplyKernel<'_, T> {
     fn run(self) {
         for ((p, m), v) in self.p.iter_mut().zip(self.m).zip(self.v) {
             let update = (*m / self.c1) / ((*v / self.c2).sqrt() + self.eps);
-            *p = *p - update * self.lr;
+            *p -= update * self.lr;
         }
     }
 }
