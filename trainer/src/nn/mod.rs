@@ -9,6 +9,7 @@
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
 //! - [`profile`]: per-op timers of a training step (`bench-step --profile`).
 //! - [`relu`]: ReLU with a one-pass backward (the `fast` backend's).
+//! - [`storage`]: the contiguous elements of a CPU storage, for the custom ops.
 //! - [`simd`]: the CPU's widest vector extension, chosen at run time, for the
 //!   kernels' hot loops.
 //! - [`conv`]: [`ConvBackend`], the one switch that picks the convolution
@@ -39,6 +40,7 @@ pub mod pad;
 pub mod profile;
 pub mod relu;
 pub mod simd;
+pub mod storage;
 
 pub use conv::ConvBackend;
 pub use norm::{batch_norm, batch_stats, instance_norm, instance_norm_reference};

@@ -75,10 +75,7 @@ pub fn batch_norm(
 }
 
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => bail!("instance norm: {what} must be contiguous"),
-    }
+    super::storage::contiguous(s.as_slice::<T>()?, l, "instance norm", what)
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one plane, accumulated in f64.

@@ -61,11 +61,8 @@ fn map2<T: WithDType + Send + Sync>(
     out
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("ldct-relu: the operands must be contiguous"),
-    }
+fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    super::storage::contiguous(s, l, "ldct-relu", "the operands")
 }
 
 impl CustomOp1 for Relu {

@@ -8,6 +8,7 @@ use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tens
 use rayon::prelude::*;
 
 use crate::nn::simd::{self, Kernel};
+use crate::nn::storage;
 
 /// f32 and f64, with the square root the update needs.
 pub trait Real: WithDType {
@@ -74,18 +75,12 @@ pub fn update(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: Step) -> Result
     p.inplace_op3(m, v, &Apply(s))
 }
 
-fn slice_mut<'a, T: WithDType>(s: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut s[a..b]),
-        None => bail!("ldct-adam: the state must be contiguous"),
-    }
+fn slice_mut<'a, T>(s: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
+    storage::contiguous_mut(s, l, "ldct-adam", "the state")
 }
 
-fn slice<'a, T: WithDType>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("ldct-adam: the gradient must be contiguous"),
-    }
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    storage::contiguous(s, l, "ldct-adam", "the gradient")
 }
 
 /// A moment: `x = β x + (1 - β) g` (or `g²`).

@@ -197,10 +197,7 @@ fn apply(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, op: ConvOp) -> Resu
 
 /// The contiguous elements of a storage.
 fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => bail!("fast convolution: {what} must be contiguous"),
-    }
+    crate::nn::storage::contiguous(s.as_slice::<T>()?, l, "fast convolution", what)
 }
 
 /// One of the three primitives on a geometry.
