@@ -112,6 +112,12 @@ fn tweedie_graphs_export_with_parity() {
         ("gaussian", Tweedie::Gaussian { sigma: 0.05 }, 0.05, "Add"),
         ("poisson", Tweedie::Poisson { eta: 0.01 }, 0.05, "Exp"),
         ("gamma", Tweedie::Gamma { k: 50.0 }, 0.5, "Div"),
+        (
+            "correlated",
+            Tweedie::Correlated { sigma: 0.04 },
+            0.03,
+            "Add",
+        ),
     ];
     for (i, (label, tweedie, scale, op)) in cases.into_iter().enumerate() {
         let score = Network::new(

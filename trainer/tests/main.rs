@@ -9,6 +9,7 @@ mod model_gradcheck;
 mod model_networks;
 mod nn_ops;
 mod noise2score;
+mod noise_correlation;
 mod noise_rescaling;
 mod simulate_cli;
 mod simulate_reference;

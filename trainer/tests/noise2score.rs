@@ -191,6 +191,7 @@ fn gaussian_tweedie_with_the_ardae_smoothing_is_exact_for_the_smoothed_score() {
         sigma_hu: None,
         anneal_steps: 1,
         smoothing: a,
+        correlation: None,
     };
     let out = tweedie_graph(resolved.denoiser_tweedie(), noise_scale, &ys, &score);
     assert_gaussian_posterior_mean(&ys, &out, mu, tau, v);

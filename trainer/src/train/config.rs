@@ -389,6 +389,10 @@ pub enum NoiseModel {
     Poisson,
     /// Multiplicative Gamma noise on `t`: `x_t = k t / ((k - 1) - t s_t(t))`.
     Gamma,
+    /// Additive Gaussian noise with the spatial correlation of CT noise after
+    /// filtered back-projection, estimated from the training low-dose slices:
+    /// `x = y + sigma^2 C s(y)`, the AR-DAE perturbed with the same correlation.
+    Correlated,
 }
 
 /// How the AR-DAE sigma of a step is chosen.
@@ -412,10 +416,11 @@ pub enum SigmaSchedule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Noise2scoreConfig {
-    /// `gaussian`, `poisson` or `gamma`. Default `gaussian`.
+    /// `gaussian`, `correlated`, `poisson` or `gamma`. Default `gaussian`.
     pub noise: NoiseModel,
-    /// Gaussian noise sigma in the normalised range (HU / half the window width).
-    /// Default unset: estimated from the training low-dose slices (Haar MAD).
+    /// Gaussian noise sigma in the normalised range (HU / half the window width;
+    /// `correlated`: the pixel sigma). Default unset: estimated from the training
+    /// low-dose slices (Haar MAD; `correlated`: the median-periodogram NPS).
     pub sigma: Option<f64>,
     /// Poisson scale on `t = (y + 1) / 2`. Default unset: estimated.
     pub eta: Option<f64>,
@@ -626,6 +631,15 @@ impl TrainConfig {
         }
         if c.anneal_steps == Some(0) {
             return bad("anneal_steps must be at least 1".into());
+        }
+        let min_patch = 2 * super::noise_correlation::RADIUS + 1;
+        if c.noise == NoiseModel::Correlated && self.data.patch < min_patch {
+            return bad(format!(
+                "noise = \"correlated\" draws perturbations with lags up to {}: data.patch must \
+                 be at least {min_patch}, got {}",
+                super::noise_correlation::RADIUS,
+                self.data.patch
+            ));
         }
         if self.data.low.is_some() {
             return Err(ConfigError::Invalid(

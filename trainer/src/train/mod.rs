@@ -15,6 +15,7 @@ pub mod eval;
 pub mod iscl;
 pub mod method;
 pub mod noise2score;
+pub mod noise_correlation;
 pub mod plot;
 pub mod pool;
 pub mod run;

@@ -37,6 +37,13 @@
 //!   the loss weights each `rho` by `rho^2`, so to first order the learnt score is
 //!   smoothed by `E[rho^4] / E[rho^2] = 0.6 sigma_max^2` (an approximation).
 //!   `Resolved::smoothing` records `a`; `poisson` and `gamma` below do not use it.
+//! - `correlated` (`y = x + N(0, sigma^2 C)`, CT noise after filtered
+//!   back-projection; `sigma` the pixel sigma, `C` the correlation, both estimated by
+//!   [`crate::train::noise_correlation`]): the AR-DAE perturbation is `a C^{1/2} u`
+//!   and its target `C^{1/2} u`, so the network learns `r = c C grad log p(y~)` (the
+//!   score preconditioned by the noise covariance), and Tweedie's
+//!   `x = y + (sigma^2 + a^2) C grad log p` is the same node as `gaussian`:
+//!   `x = y + ((sigma^2 + a^2) / c) r`.
 //! - `poisson` and `gamma` need a non-negative intensity. They act on
 //!   `t = (y + 1) / 2` in `[0, 1]` (at the default window `[-1000, 1000]` HU,
 //!   `t = (HU + 1000) / 2000`, proportional to the attenuation coefficient), whose
@@ -92,6 +99,9 @@ use serde::{Deserialize, Serialize};
 use super::adam::Adam;
 use super::config::{ConfigError, Noise2scoreConfig, NoiseModel, SigmaSchedule, TrainConfig};
 use super::method::{named_trainable, scalar, Method};
+use super::noise_correlation::{
+    estimate_correlation, ColoredNoise, NoiseCorrelation, BLOCK, MIN_NPS_BLOCKS,
+};
 use crate::model::{Init, ModelError, Network, WEIGHTS_FILE};
 
 /// `Phi^-1(3/4)`: median |N(0, 1)|.
@@ -117,6 +127,10 @@ pub enum Tweedie {
     Poisson { eta: f64 },
     /// `t = x_t * Gamma(k, 1/k)` on `t = (y + 1) / 2`.
     Gamma { k: f64 },
+    /// `y = x + N(0, sigma^2 C)`: Gaussian noise of pixel sigma `sigma` and
+    /// correlation `C` ([`Resolved::correlation`]); the score network is trained
+    /// with perturbations of the same correlation and outputs `c C grad log p`.
+    Correlated { sigma: f64 },
 }
 
 /// Where a resolved value came from.
@@ -161,6 +175,11 @@ pub struct Resolved {
     /// (see the module docs). 0 in records written before it existed.
     #[serde(default)]
     pub smoothing: f64,
+    /// `correlated`: the noise's correlation estimated from the training
+    /// low-dose slices (its `sigma` is the pixel sigma); the AR-DAE perturbations
+    /// are drawn with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<NoiseCorrelation>,
 }
 
 impl Resolved {
@@ -170,6 +189,9 @@ impl Resolved {
     pub fn denoiser_tweedie(&self) -> Tweedie {
         match self.tweedie {
             Tweedie::Gaussian { sigma } => Tweedie::Gaussian {
+                sigma: sigma.hypot(self.smoothing),
+            },
+            Tweedie::Correlated { sigma } => Tweedie::Correlated {
                 sigma: sigma.hypot(self.smoothing),
             },
             other => other,
@@ -273,23 +295,38 @@ pub fn resolve<'a>(
     let c = &config.noise2score;
     let window = config.data.window;
     let parameter_needed = match c.noise {
-        NoiseModel::Gaussian => c.sigma.is_none(),
+        NoiseModel::Gaussian | NoiseModel::Correlated => c.sigma.is_none(),
         NoiseModel::Poisson => c.eta.is_none(),
         NoiseModel::Gamma => c.k.is_none(),
     };
-    let scale_needed =
-        c.noise_scale.is_none() && !(c.noise == NoiseModel::Gaussian && c.sigma.is_some());
-    let needs_estimate = parameter_needed || scale_needed;
-    let estimate = if needs_estimate {
+    let gaussian_like = matches!(c.noise, NoiseModel::Gaussian | NoiseModel::Correlated);
+    let scale_needed = c.noise_scale.is_none() && !(gaussian_like && c.sigma.is_some());
+    let correlated = c.noise == NoiseModel::Correlated;
+    let needs_estimate = parameter_needed || scale_needed || correlated;
+    let (estimate, correlation) = if needs_estimate {
         let slices = low()?;
-        Some(estimate_noise(&slices, window).ok_or_else(|| {
+        let stats = estimate_noise(&slices, window).ok_or_else(|| {
             ConfigError::from(Noise2scoreError::Estimate(format!(
                 "fewer than {MIN_BLOCKS} 2x2 blocks of the training low-dose slices lie inside \
                  the window and above {ESTIMATOR_AIR_HU} HU: set the noise parameters in [noise2score]"
             )))
-        })?)
+        })?;
+        let correlation = if correlated {
+            Some(
+                estimate_correlation(&slices, window, ESTIMATOR_AIR_HU).ok_or_else(|| {
+                    ConfigError::from(Noise2scoreError::Estimate(format!(
+                        "the correlated noise model needs at least {MIN_NPS_BLOCKS} blocks of \
+                         {BLOCK}x{BLOCK} training low-dose pixels inside the window and above \
+                         {ESTIMATOR_AIR_HU} HU (flat enough or not); found fewer"
+                    )))
+                })?,
+            )
+        } else {
+            None
+        };
+        (Some(stats), correlation)
     } else {
-        None
+        (None, None)
     };
     let from = |given: Option<f64>, est: fn(&NoiseStats) -> f64| match (given, &estimate) {
         (Some(v), _) => Ok((v, Source::Config)),
@@ -303,6 +340,16 @@ pub fn resolve<'a>(
             let (sigma, s) = from(c.sigma, |e| e.sigma)?;
             (Tweedie::Gaussian { sigma }, s)
         }
+        NoiseModel::Correlated => match (c.sigma, &correlation) {
+            (Some(sigma), _) => (Tweedie::Correlated { sigma }, Source::Config),
+            (None, Some(corr)) => (Tweedie::Correlated { sigma: corr.sigma }, Source::Estimated),
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "noise2score: no correlation estimated (internal)".into(),
+                )
+                .into())
+            }
+        },
         NoiseModel::Poisson => {
             let (eta, s) = from(c.eta, |e| e.eta)?;
             (Tweedie::Poisson { eta }, s)
@@ -314,12 +361,14 @@ pub fn resolve<'a>(
     };
     let (noise_scale, noise_scale_source) = match (c.noise_scale, tweedie) {
         (Some(v), _) => (v, Source::Config),
-        (None, Tweedie::Gaussian { sigma }) => (sigma, parameter_source),
+        (None, Tweedie::Gaussian { sigma } | Tweedie::Correlated { sigma }) => {
+            (sigma, parameter_source)
+        }
         (None, _) => from(None, |e| e.sigma)?,
     };
     check_parameters(&tweedie, noise_scale)?;
     let sigma = match tweedie {
-        Tweedie::Gaussian { sigma } => Some(sigma),
+        Tweedie::Gaussian { sigma } | Tweedie::Correlated { sigma } => Some(sigma),
         _ => estimate.map(|e| e.sigma),
     };
     Ok(Resolved {
@@ -335,6 +384,7 @@ pub fn resolve<'a>(
             (s.total_steps() - decay).max(1)
         }),
         smoothing: rho_end(c) * noise_scale,
+        correlation,
     })
 }
 
@@ -342,7 +392,7 @@ fn check_parameters(t: &Tweedie, scale: f64) -> std::result::Result<(), ConfigEr
     let bad = |m: String| Err(ConfigError::Invalid(format!("noise2score: {m}")));
     let pos = |v: f64| v > 0.0 && v.is_finite();
     match *t {
-        Tweedie::Gaussian { sigma } if !pos(sigma) => {
+        Tweedie::Gaussian { sigma } | Tweedie::Correlated { sigma } if !pos(sigma) => {
             return bad(format!("sigma must be positive, got {sigma}"))
         }
         Tweedie::Poisson { eta } if !pos(eta) => {
@@ -371,8 +421,9 @@ pub fn tweedie_nodes(tweedie: &Tweedie, r: &str, noise_scale: f64) -> Vec<Node> 
     let affine = |scale: f64, shift: f64| Op::Affine { scale, shift };
     let c = noise_scale;
     match *tweedie {
-        // x = y + sigma^2 s = y + (sigma^2 / c) r.
-        Tweedie::Gaussian { sigma } => vec![
+        // x = y + sigma^2 s = y + (sigma^2 / c) r; correlated: x = y + sigma^2 C s
+        // with r = c C s (what its AR-DAE learns), the same nodes.
+        Tweedie::Gaussian { sigma } | Tweedie::Correlated { sigma } => vec![
             n("step", affine(sigma * sigma / c, 0.0), &[r]),
             n("out", Op::Add, &[INPUT, "tweedie.step"]),
         ],
@@ -419,6 +470,7 @@ pub fn denoiser_arch(
         Tweedie::Gaussian { .. } => "gaussian",
         Tweedie::Poisson { .. } => "poisson",
         Tweedie::Gamma { .. } => "gamma",
+        Tweedie::Correlated { .. } => "correlated",
     };
     let arch = Arch {
         schema_version: ARCH_SCHEMA_VERSION,
@@ -516,12 +568,15 @@ impl Noise2Score {
                 .collect(),
         };
         let n = b * ch * h * w;
-        let u: Vec<f32> = (0..n)
-            .map(|_| {
-                let z: f64 = StandardNormal.sample(rng);
-                z as f32
-            })
-            .collect();
+        let u: Vec<f32> = match &self.resolved.correlation {
+            Some(corr) => ColoredNoise::new(corr, h, w).sample(b * ch, rng),
+            None => (0..n)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(rng);
+                    z as f32
+                })
+                .collect(),
+        };
         let u = Tensor::from_vec(u, (b, ch, h, w), dev)?.to_dtype(dtype)?;
         let rho_t = |r: &[f64]| -> Result<Tensor> {
             Tensor::from_vec(

@@ -499,6 +499,10 @@ fn run_record(
                 noise2score::Tweedie::Gamma { k } => {
                     format!("gamma (Noise2Score's Tweedie model): k {k:.3}")
                 }
+                noise2score::Tweedie::Correlated { sigma } => format!(
+                    "correlated gaussian (Noise2Score's Tweedie model): pixel sigma {sigma:.5} \
+                     normalised, correlation estimated from the low-dose slices"
+                ),
             }),
             _ => None,
         };
