@@ -13,7 +13,8 @@ use ldct_export::parity::{self, max_abs_diff, random_input};
 use ldct_export::{export_network, ExportOptions};
 use ldct_imaging::npy;
 use ldct_proto::arch::{
-    Arch, Node, Norm, Op, Preset, RedcnnConfig, ResnetConfig, UnetConfig, UpsampleMode, INPUT,
+    Arch, Node, Norm, Op, Preset, RedcnnConfig, ResnetConfig, UnetConfig, UpsampleMode, Upsampling,
+    INPUT,
 };
 use ldct_proto::manifest::{Manifest, ONNX_METADATA_KEY};
 use ldct_proto::onnx;
@@ -535,6 +536,23 @@ fn large_non_square_and_odd_sizes_round_trip() {
                 }))
                 .unwrap(),
                 12,
+            ),
+            Precision::Fp32,
+            &[(101, 130), (256, 384)],
+        ),
+        export_case(
+            tmp.path(),
+            "resnet_resize_sizes",
+            network(
+                Arch::from_preset(&Preset::Resnet(ResnetConfig {
+                    ngf: 2,
+                    n_blocks: 1,
+                    norm: Norm::Instance,
+                    upsample: Upsampling::Resize,
+                    ..Default::default()
+                }))
+                .unwrap(),
+                13,
             ),
             Precision::Fp32,
             &[(101, 130), (256, 384)],

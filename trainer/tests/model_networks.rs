@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use ldct_proto::arch::{
     Arch, Norm, ParamKind, PatchganConfig, Preset, RedcnnConfig, ResnetConfig, UnetConfig,
+    Upsampling,
 };
 use ldct_train::model::{Init, ModelError, Network};
 use ndarray::Array2;
@@ -484,4 +485,94 @@ fn varmap_shares_the_networks_variables() {
     assert_eq!(max_abs(a.var("conv1.weight").unwrap().as_tensor()), 0.0);
     // The network's own VarMap view holds every parameter under its name.
     assert_eq!(a.varmap().all_vars().len(), arch.parameters().len());
+}
+
+/// The ResNet generator's first upsampling stage on its own (the preset's `up1.*`
+/// nodes up to the convolution, fed from the graph input), with random weights.
+fn resnet_up_stage(upsample: Upsampling) -> (Network, usize) {
+    let arch = Arch::from_preset(&Preset::Resnet(ResnetConfig {
+        ngf: 4,
+        n_blocks: 1,
+        norm: Norm::None,
+        upsample,
+        ..Default::default()
+    }))
+    .unwrap();
+    let mut nodes: Vec<_> = arch
+        .nodes
+        .iter()
+        .filter(|n| n.name.starts_with("up1.") && !n.name.ends_with(".relu"))
+        .cloned()
+        .collect();
+    let first = nodes[0].name.clone();
+    nodes[0].inputs = vec![ldct_proto::arch::INPUT.to_string()];
+    assert!(nodes.last().unwrap().name == "up1.conv", "{:?}", nodes);
+    let channels = 16; // ngf 4 after two doublings
+    let stage = Arch {
+        name: format!("up1 from {first}"),
+        preset: Preset::Custom,
+        input_channels: channels,
+        output_channels: channels / 2,
+        nodes,
+        ..arch
+    };
+    let net = Network::new(stage, &cpu(), DType::F32, Init::default(), 3).unwrap();
+    net.randomise_for_testing(9).unwrap();
+    (net, channels)
+}
+
+/// The largest swing, over the interior (4 pixels from each border), of each output
+/// channel of `net` on a constant feature map.
+fn interior_swing(net: &Network, channels: usize) -> f32 {
+    let x = Tensor::full(0.7f32, (1, channels, 8, 8), &cpu()).unwrap();
+    let y = net.forward_t(&x, false).unwrap();
+    let (_, c, h, w) = y.dims4().unwrap();
+    assert_eq!((h, w), (16, 16));
+    let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut swing = 0.0f32;
+    for ch in 0..c {
+        let inner: Vec<f32> = (4..h - 4)
+            .flat_map(|r| (4..w - 4).map(move |q| (r, q)))
+            .map(|(r, q)| v[ch * h * w + r * w + q])
+            .collect();
+        let (lo, hi) = inner
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        swing = swing.max(hi - lo);
+    }
+    swing
+}
+
+#[test]
+fn resize_convolution_prints_no_stride_grid() {
+    // Odena et al. 2016: a stride-2 transposed convolution with a 3x3 kernel gives
+    // output pixels 1, 2 or 4 kernel taps by their parity, so even a constant
+    // feature map comes out with a period-2 pattern (the checkerboard the ResNet
+    // CycleGAN printed at the skull's edges); nearest 2x + conv 3x3 gives every
+    // pixel all nine taps, so a constant map stays constant away from the border.
+    let (transposed, ch) = resnet_up_stage(Upsampling::Transposed);
+    let (resize, ch2) = resnet_up_stage(Upsampling::Resize);
+    assert_eq!(ch, ch2);
+    assert!(resize.arch().nodes.iter().any(|n| n.name == "up1.resize"));
+    let t = interior_swing(&transposed, ch);
+    let r = interior_swing(&resize, ch);
+    assert!(t > 0.1, "transposed convolution's swing {t}");
+    assert!(r < 1e-5, "resize-convolution's swing {r}");
+}
+
+#[test]
+fn both_resnet_upsamplings_keep_the_input_size() {
+    for upsample in [Upsampling::Transposed, Upsampling::Resize] {
+        let arch = Arch::from_preset(&Preset::Resnet(ResnetConfig {
+            ngf: 4,
+            n_blocks: 1,
+            upsample,
+            ..Default::default()
+        }))
+        .unwrap();
+        let net = Network::new(arch, &cpu(), DType::F32, Init::default(), 1).unwrap();
+        let x = input(2, 20, 28, 1);
+        let y = net.forward_t(&x, false).unwrap();
+        assert_eq!(y.dims(), x.dims(), "{upsample:?}");
+    }
 }

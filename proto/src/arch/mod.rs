@@ -41,7 +41,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use presets::{Norm, PatchganConfig, Preset, RedcnnConfig, ResnetConfig, UnetConfig};
+pub use presets::{
+    Norm, PatchganConfig, Preset, RedcnnConfig, ResnetConfig, UnetConfig, Upsampling,
+};
 
 /// Name by which nodes refer to the graph input (the pixel contract's input name).
 pub const INPUT: &str = crate::contract::INPUT_NAME;

@@ -33,7 +33,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Arch, ArchError, Node, Op, ARCH_SCHEMA_VERSION, INPUT};
+use super::{Arch, ArchError, Node, Op, UpsampleMode, ARCH_SCHEMA_VERSION, INPUT};
 
 const NORM_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
@@ -95,6 +95,13 @@ impl Norm {
 /// reflection pad 3, conv 7x7 (out channels), [tanh], [+ input]
 /// ```
 ///
+/// With `upsample = "resize"` each transposed convolution is a nearest-neighbour
+/// 2x upsampling followed by reflection pad 1 and conv 3x3 (channels halved): the
+/// resize-convolution of Odena et al. 2016 ("Deconvolution and checkerboard
+/// artifacts"), whose every output pixel sees the same number of kernel taps, so it
+/// cannot print the stride's grid on the image the way a stride-2 transposed
+/// convolution with a 3x3 kernel can.
+///
 /// Spatial multiple 4, minimum size 8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +115,28 @@ pub struct ResnetConfig {
     pub tanh: bool,
     /// Add the input to the output.
     pub global_residual: bool,
+    /// How the trunk returns to full resolution: `transposed` (CycleGAN's) or
+    /// `resize` (nearest 2x + conv 3x3). Left out of the JSON when `transposed`,
+    /// so architectures written before it existed stay byte for byte the same.
+    #[serde(skip_serializing_if = "Upsampling::is_transposed")]
+    pub upsample: Upsampling,
+}
+
+/// The ResNet generator's way back to full resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Upsampling {
+    /// Transposed convolution 3x3, stride 2 (CycleGAN).
+    #[default]
+    Transposed,
+    /// Nearest-neighbour 2x upsampling, reflection pad 1, conv 3x3.
+    Resize,
+}
+
+impl Upsampling {
+    fn is_transposed(&self) -> bool {
+        *self == Upsampling::Transposed
+    }
 }
 
 impl Default for ResnetConfig {
@@ -118,6 +147,7 @@ impl Default for ResnetConfig {
             norm: Norm::Instance,
             tanh: true,
             global_residual: true,
+            upsample: Upsampling::Transposed,
         }
     }
 }
@@ -285,7 +315,7 @@ impl Preset {
     pub fn describe(&self) -> String {
         match self {
             Preset::Resnet(c) => format!(
-                "resnet (ngf {}, {} blocks, {}{}{})",
+                "resnet (ngf {}, {} blocks, {}{}{}{})",
                 c.ngf,
                 c.n_blocks,
                 c.norm.label(),
@@ -294,6 +324,10 @@ impl Preset {
                     ", global residual"
                 } else {
                     ""
+                },
+                match c.upsample {
+                    Upsampling::Transposed => "",
+                    Upsampling::Resize => ", resize-convolution",
                 }
             ),
             Preset::Unet(c) => format!(
@@ -530,19 +564,33 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
     }
     for i in 1..=2 {
         let p = format!("up{i}");
-        x = g.push(
-            format!("{p}.conv"),
-            Op::ConvTranspose2d {
-                in_channels: ch,
-                out_channels: ch / 2,
-                kernel: 3,
-                stride: 2,
-                padding: 1,
-                output_padding: 1,
-                bias,
-            },
-            &[&x],
-        );
+        x = match c.upsample {
+            Upsampling::Transposed => g.push(
+                format!("{p}.conv"),
+                Op::ConvTranspose2d {
+                    in_channels: ch,
+                    out_channels: ch / 2,
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                    output_padding: 1,
+                    bias,
+                },
+                &[&x],
+            ),
+            Upsampling::Resize => {
+                let y = g.push(
+                    format!("{p}.resize"),
+                    Op::Upsample {
+                        scale: 2,
+                        mode: UpsampleMode::Nearest,
+                    },
+                    &[&x],
+                );
+                let y = g.reflect(format!("{p}.pad"), &y, 1);
+                g.conv(format!("{p}.conv"), &y, ch, ch / 2, 3, 1, 0, bias)
+            }
+        };
         ch /= 2;
         x = g.norm(format!("{p}.norm"), &x, ch);
         x = g.relu(format!("{p}.relu"), &x);
