@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use ldct_proto::arch::{Arch, Preset, ResnetConfig, UnetConfig};
 use ldct_proto::manifest::Method as MethodKind;
 use ldct_train::model::{Init, Network};
-use ldct_train::train::iscl::{denoiser, Iscl};
+use ldct_train::train::iscl::{bypass_ramp, denoiser, Iscl};
 use ldct_train::train::{fit, load_generator, Method, TrainConfig};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -284,6 +284,13 @@ fn iscl_configuration_defaults_and_errors_name_the_field() {
         (30.0, 30.0, 1.0, 0.5, 0)
     );
     assert!(c.iscl.extractor.is_none());
+    assert_eq!(c.iscl.bypass_warmup, 0);
+    // The bypass ramp: 0 at the first step, linear, the full weight from `warmup` on.
+    assert_eq!(bypass_ramp(30.0, 0, 0), 30.0);
+    assert_eq!(bypass_ramp(30.0, 1000, 0), 0.0);
+    assert_eq!(bypass_ramp(30.0, 1000, 250), 7.5);
+    assert_eq!(bypass_ramp(30.0, 1000, 1000), 30.0);
+    assert_eq!(bypass_ramp(30.0, 1000, 5000), 30.0);
     // The default extractor is the generator without tanh and global residual.
     match c.iscl.extractor_preset(&c.model.generator).unwrap() {
         Preset::Resnet(r) => {

@@ -315,6 +315,12 @@ pub struct IsclConfig {
     /// Weight of the L1 bypass losses `|F(y) - (y - H(y))| + |F(x + H(y)) - x|`.
     /// Default 30.
     pub lambda_bypass: f64,
+    /// Generator steps over which the bypass weight ramps linearly from 0 to
+    /// `lambda_bypass`. Default 0 (full weight from the first step). With F at the
+    /// identity and H at zero (`model.zero_head`), the bypass term is an L1
+    /// identity penalty on the noisy images; the ramp lets the adversarial and
+    /// cycle terms move F first (trainer/README.md, ISCL).
+    pub bypass_warmup: u64,
     /// Weight of the discriminators' boosting loss (the bypass images `y - H(y)`
     /// and `x + H(y)` scored as fakes). Default 1 (0: off).
     pub lambda_boost: f64,
@@ -335,6 +341,7 @@ impl Default for IsclConfig {
         Self {
             lambda_cycle: 30.0,
             lambda_bypass: 30.0,
+            bypass_warmup: 0,
             lambda_boost: 1.0,
             gamma: 0.5,
             pool_size: 0,

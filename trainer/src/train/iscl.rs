@@ -17,7 +17,8 @@
 //!   adv    = (D_full(F(y)) - 1)^2 + (D_low(G(x)) - 1)^2                   (LSGAN)
 //!   cycle  = |G(F(y)) - y| + |F(G(x)) - x|
 //!   bypass = |F(y) - (y - H(y))| + |F(x + H(y)) - x|
-//!   loss_g = adv + lambda_cycle * cycle + lambda_bypass * bypass
+//!   loss_g = adv + lambda_cycle * cycle + lambda_bypass * ramp * bypass
+//!            (ramp: 0 -> 1 over `bypass_warmup` steps; 1 when that is 0)
 //! discriminators (opt_d), fakes of this step through the image pools:
 //!   d_full = 0.5 * ((D_full(x) - 1)^2 + D_full(pool(F(y)))^2)
 //!   d_low  = 0.5 * ((D_low(y) - 1)^2 + D_low(pool(G(x)))^2)
@@ -84,7 +85,17 @@ pub struct Iscl {
     opt_h: Adam,
     lambda_cycle: f64,
     lambda_bypass: f64,
+    bypass_warmup: u64,
     lambda_boost: f64,
+}
+
+/// The bypass weight after `done` generator steps: `lambda`, ramped linearly from
+/// 0 over `warmup` steps (`warmup = 0`: `lambda` from the start).
+pub fn bypass_ramp(lambda: f64, warmup: u64, done: u64) -> f64 {
+    if warmup == 0 {
+        return lambda;
+    }
+    lambda * (done as f64 / warmup as f64).min(1.0)
 }
 
 /// The deployable ISCL denoiser: one network computing
@@ -176,6 +187,16 @@ pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Net
 }
 
 impl Iscl {
+    /// The bypass weight of the next generator step: `lambda_bypass`, ramped
+    /// linearly from 0 over `bypass_warmup` steps.
+    pub fn bypass_weight(&self) -> f64 {
+        bypass_ramp(
+            self.lambda_bypass,
+            self.bypass_warmup,
+            self.opt_g.steps_done(),
+        )
+    }
+
     pub fn new(
         f: Network,
         g: Network,
@@ -199,6 +220,7 @@ impl Iscl {
             disc: Discriminators::new(d_full, d_low, config, c.pool_size)?,
             lambda_cycle: c.lambda_cycle,
             lambda_bypass: c.lambda_bypass,
+            bypass_warmup: c.bypass_warmup,
             lambda_boost: c.lambda_boost,
         })
     }
@@ -246,7 +268,7 @@ impl Method for Iscl {
         let cycle =
             (l1(&self.g.forward(&fake_full)?, low)? + l1(&self.f.forward(&fake_low)?, full)?)?;
         let bypass = (l1(&fake_full, &bypass_clean)? + l1(&self.f.forward(&pseudo_noisy)?, full)?)?;
-        let loss_g = ((&adv + (&cycle * self.lambda_cycle)?)? + (&bypass * self.lambda_bypass)?)?;
+        let loss_g = ((&adv + (&cycle * self.lambda_cycle)?)? + (&bypass * self.bypass_weight())?)?;
         let grads = loss_g.backward()?;
         self.opt_g.step(&grads, lr)?;
         drop(grads);
