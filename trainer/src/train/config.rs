@@ -427,7 +427,7 @@ pub struct Noise2scoreConfig {
     pub noise: NoiseModel,
     /// Gaussian noise sigma in the normalised range (HU / half the window width;
     /// `correlated`: the pixel sigma). Default unset: estimated from the training
-    /// low-dose slices (Haar MAD; `correlated`: the median-periodogram NPS).
+    /// low-dose slices (Haar MAD; `correlated`: the flat-region NPS).
     pub sigma: Option<f64>,
     /// Poisson scale on `t = (y + 1) / 2`. Default unset: estimated.
     pub eta: Option<f64>,

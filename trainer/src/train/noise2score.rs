@@ -100,7 +100,7 @@ use super::adam::Adam;
 use super::config::{ConfigError, Noise2scoreConfig, NoiseModel, SigmaSchedule, TrainConfig};
 use super::method::{named_trainable, scalar, Method};
 use super::noise_correlation::{
-    estimate_correlation, ColoredNoise, NoiseCorrelation, BLOCK, MIN_NPS_BLOCKS,
+    estimate_correlation, estimator_range, ColoredNoise, NoiseCorrelation, BLOCK, MIN_NPS_BLOCKS,
 };
 use crate::model::{Init, ModelError, Network, WEIGHTS_FILE};
 
@@ -224,10 +224,7 @@ impl From<Noise2scoreError> for ConfigError {
 /// The robust Haar-MAD statistics of normalised slices (values in `[-1, 1]`,
 /// window `[lo, hi]` HU); `None` with fewer than [`MIN_BLOCKS`] usable blocks.
 pub fn estimate_noise(slices: &[Array2<f32>], window: [f32; 2]) -> Option<NoiseStats> {
-    let air = 2.0 * (ESTIMATOR_AIR_HU - window[0]) / (window[1] - window[0]) - 1.0;
-    // Strictly inside the window: a clipped pixel has lost its noise.
-    let lo = air.max(-1.0 + 1e-6);
-    let hi = 1.0 - 1e-6;
+    let (lo, hi) = estimator_range(window, ESTIMATOR_AIR_HU);
     let mut d_abs = Vec::new();
     let mut d_sqrt = Vec::new();
     let mut d_rel = Vec::new();

@@ -12,14 +12,16 @@
 //! the noise's at a fifth of the sampling frequency), so the NPS is measured in
 //! **flat regions** only:
 //!
-//! - the non-overlapping `block x block` squares whose pixels all lie strictly
-//!   inside the window and above -900 HU (nothing clipped, no air), each with its
-//!   least-squares plane removed;
-//! - ranked by the variance of their `BIN x BIN` means: averaging 16 pixels cuts
-//!   the noise's part of that variance by about 16 while anatomy (low frequency)
-//!   keeps its own, so the ranking is set by anatomy rather than by the noise
-//!   being measured (ranking by the plain variance would keep the blocks whose
-//!   noise happens to be low, and biases sigma down by 10 %);
+//! - the non-overlapping `block x block` squares whose pixels, and those of a ring
+//!   of [`MARGIN`] pixels around them, all lie strictly inside the window and above
+//!   -900 HU (nothing clipped, no air), each with its least-squares plane removed;
+//! - ranked by the variance of the `BIN x BIN` means of that ring alone (the
+//!   window detrended as a whole): averaging 16 pixels cuts the noise's part of
+//!   that variance by about 16 while anatomy (low frequency) keeps its own, and
+//!   leaving the block's own pixels out means the noise being measured plays no
+//!   part in its selection (ranking by the block's own variance, or its own binned
+//!   variance, kept the blocks whose noise happened to be low, and biased sigma and
+//!   the lag-(1, 1) correlation down on a synthetic check);
 //! - the flattest [`FLAT_FRACTION`] of them (at least [`MIN_NPS_BLOCKS`]) give the
 //!   NPS as their mean periodogram `|DFT(block)|^2 / block^2`; the DC ordinate
 //!   (zero after the detrend) takes the mean of its four neighbours;
@@ -28,9 +30,9 @@
 //!
 //! On `data/invesalius-quarter`'s training slices (checked against the simulated
 //! noise `qd - fd`, which the estimate never sees) this gives a pixel sigma of
-//! 27.0 HU against the noise's 26.7 HU, and the lag-1 correlations -0.097 / -0.007
-//! against -0.102 / -0.004; the Haar estimate of white noise with the same
-//! finest-scale power is 32.6 HU.
+//! 26.85 HU against the noise's 26.7 to 27.1 HU, and the lag-1 correlations
+//! -0.098 / +0.012 against -0.100 / -0.004; the Haar estimate of white noise with
+//! the same finest-scale power is 32.6 HU.
 //!
 //! The robust Haar estimate of [`crate::train::noise2score::estimate_noise`] gives
 //! a check: for noise with correlation `rho`, the Haar diagonal detail has
@@ -105,20 +107,6 @@ impl NoiseCorrelation {
         }
         g
     }
-
-    /// A white-noise kernel of pixel sigma `sigma` (for tests and comparisons).
-    pub fn white(sigma: f64, radius: usize) -> Self {
-        let n = 2 * radius + 1;
-        let mut correlation = vec![0.0; n * n];
-        correlation[radius * n + radius] = 1.0;
-        Self {
-            sigma,
-            radius,
-            correlation,
-            blocks: 0,
-            block: 0,
-        }
-    }
 }
 
 fn fft2(
@@ -141,6 +129,37 @@ fn fft2(
             data[y * w + x] = col[y];
         }
     }
+}
+
+/// The open range `(lo, hi)` of normalised values a noise estimator may use at
+/// `window` (HU): strictly inside the window (a clipped pixel has lost its noise)
+/// and above `air_hu` (no air).
+pub fn estimator_range(window: [f32; 2], air_hu: f32) -> (f32, f32) {
+    let air = 2.0 * (air_hu - window[0]) / (window[1] - window[0]) - 1.0;
+    (air.max(-1.0 + 1e-6), 1.0 - 1e-6)
+}
+
+/// Copies the `n x n` square of `img` at `(r, c)` into `out` with its
+/// least-squares plane removed; false (and `out` unspecified) when a pixel lies
+/// outside the open range `(lo, hi)`.
+fn read_detrended(
+    img: &Array2<f32>,
+    (r, c): (usize, usize),
+    n: usize,
+    (lo, hi): (f32, f32),
+    out: &mut [f64],
+) -> bool {
+    for y in 0..n {
+        for x in 0..n {
+            let v = img[(r + y, c + x)];
+            if !(v > lo && v < hi) {
+                return false;
+            }
+            out[y * n + x] = f64::from(v);
+        }
+    }
+    detrend(out, n);
+    true
 }
 
 /// Subtracts the least-squares plane `a + b x + c y` (x, y centred, so the three
@@ -200,26 +219,10 @@ pub fn estimate_correlation(
     air_hu: f32,
 ) -> Option<NoiseCorrelation> {
     let n = BLOCK;
-    let air = 2.0 * (air_hu - window[0]) / (window[1] - window[0]) - 1.0;
-    let lo = air.max(-1.0 + 1e-6);
-    let hi = 1.0 - 1e-6;
+    let range = estimator_range(window, air_hu);
     let mut planner = FftPlanner::<f64>::new();
     let fft = planner.plan_fft_forward(n);
     let mut block = vec![0.0f64; n * n];
-    // A usable block's detrended pixels (None: clipped or air).
-    let load = |img: &Array2<f32>, r: usize, c: usize, block: &mut [f64]| -> bool {
-        for y in 0..n {
-            for x in 0..n {
-                let v = img[(r + y, c + x)];
-                if !(v > lo && v < hi) {
-                    return false;
-                }
-                block[y * n + x] = f64::from(v);
-            }
-        }
-        detrend(block, n);
-        true
-    };
     // Pass 1: the anatomy score of every block whose surrounding ring of MARGIN
     // pixels is usable too: the variance of the BIN x BIN means of the ring alone
     // (the window detrended as a whole), so that the noise being measured takes no
@@ -231,25 +234,9 @@ pub fn estimate_correlation(
         let (h, w) = img.dim();
         for r in (MARGIN..h.saturating_sub(n + MARGIN - 1)).step_by(n) {
             for c in (MARGIN..w.saturating_sub(n + MARGIN - 1)).step_by(n) {
-                let (r0, c0) = (r - MARGIN, c - MARGIN);
-                let usable = {
-                    let mut ok = true;
-                    'px: for y in 0..side {
-                        for x in 0..side {
-                            let v = img[(r0 + y, c0 + x)];
-                            if !(v > lo && v < hi) {
-                                ok = false;
-                                break 'px;
-                            }
-                            window_px[y * side + x] = f64::from(v);
-                        }
-                    }
-                    ok
-                };
-                if !usable {
+                if !read_detrended(img, (r - MARGIN, c - MARGIN), side, range, &mut window_px) {
                     continue;
                 }
-                detrend(&mut window_px, side);
                 candidates.push((ring_variance(&window_px, side), s, r, c));
             }
         }
@@ -265,7 +252,8 @@ pub fn estimate_correlation(
     let mut buf = vec![Complex::new(0.0, 0.0); n * n];
     let norm = (n * n) as f64;
     for &(_, s, r, c) in &candidates[..keep] {
-        load(&slices[s], r, c, &mut block);
+        // Inside a usable window, so usable itself.
+        read_detrended(&slices[s], (r, c), n, range, &mut block);
         for (b, v) in buf.iter_mut().zip(&block) {
             *b = Complex::new(*v, 0.0);
         }
