@@ -464,6 +464,31 @@ impl Graph {
         name
     }
 
+    /// A 3x3 transposed convolution with stride 2, padding 1 and output padding 1:
+    /// exactly twice the input's height and width.
+    fn conv_transpose_x2(
+        &mut self,
+        name: String,
+        input: &str,
+        cin: usize,
+        cout: usize,
+        bias: bool,
+    ) -> String {
+        self.push(
+            name,
+            Op::ConvTranspose2d {
+                in_channels: cin,
+                out_channels: cout,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+                output_padding: 1,
+                bias,
+            },
+            &[input],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
@@ -565,19 +590,9 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
     for i in 1..=2 {
         let p = format!("up{i}");
         x = match c.upsample {
-            Upsampling::Transposed => g.push(
-                format!("{p}.conv"),
-                Op::ConvTranspose2d {
-                    in_channels: ch,
-                    out_channels: ch / 2,
-                    kernel: 3,
-                    stride: 2,
-                    padding: 1,
-                    output_padding: 1,
-                    bias,
-                },
-                &[&x],
-            ),
+            Upsampling::Transposed => {
+                g.conv_transpose_x2(format!("{p}.conv"), &x, ch, ch / 2, bias)
+            }
             Upsampling::Resize => {
                 let y = g.push(
                     format!("{p}.resize"),
@@ -625,19 +640,7 @@ fn unet(c: &UnetConfig, image_channels: usize, cout: usize) -> Vec<Node> {
     }
     for l in (1..=c.depth).rev() {
         let p = format!("dec{l}");
-        x = g.push(
-            format!("{p}.up"),
-            Op::ConvTranspose2d {
-                in_channels: chan(l),
-                out_channels: chan(l - 1),
-                kernel: 3,
-                stride: 2,
-                padding: 1,
-                output_padding: 1,
-                bias,
-            },
-            &[&x],
-        );
+        x = g.conv_transpose_x2(format!("{p}.up"), &x, chan(l), chan(l - 1), bias);
         x = g.norm(format!("{p}.norm_up"), &x, chan(l - 1));
         x = g.relu(format!("{p}.relu_up"), &x);
         x = g.push(format!("{p}.cat"), Op::Concat, &[&x, &skips[l - 1]]);
