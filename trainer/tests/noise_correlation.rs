@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{column, opts};
+use crate::common::{self, column, opts};
 
 use candle_core::{DType, Device, Tensor};
 use ldct_imaging::aapm::{self, Split};
@@ -231,6 +231,16 @@ fn set_params(net: &Network, kernel: &[f64], bias: f64, dtype: DType) {
     .unwrap();
 }
 
+/// `net` on `x` (f64), flattened.
+fn forward_f64(net: &Network, x: &Tensor) -> Vec<f64> {
+    net.forward_t(x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
 fn resolved(sigma: f64, noise_scale: f64, a: f64, corr: NoiseCorrelation) -> Resolved {
     Resolved {
         tweedie: Tweedie::Correlated { sigma },
@@ -308,24 +318,12 @@ fn correlated_tweedie_is_the_posterior_mean_under_correlated_noise() {
             .collect();
         // The score network reproduces the closed-form score.
         let t = Tensor::from_vec(y.clone(), (1, 1, T, T), &Device::Cpu).unwrap();
-        let r = score
-            .forward_t(&t, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let r = forward_f64(&score, &t);
         let r_ref: Vec<f64> = apply(&w, &y).iter().map(|v| v + b).collect();
         for (u, v) in r.iter().zip(&r_ref) {
             assert!((u - v).abs() < 1e-10, "score {u} vs {v}");
         }
-        let out = den
-            .forward_t(&t, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let out = forward_f64(&den, &t);
         let expected = model.posterior_mean(&y);
         let err = out
             .iter()
@@ -553,34 +551,14 @@ fn correlated_dataset(root: &Path) {
     }
 }
 
-fn correlated_config(root: &Path, patch: usize) -> Result<TrainConfig, String> {
-    let text = format!(
-        r#"
-method = "noise2score"
-seed = 5
-[data]
-root = "{}"
-window = [-1400.0, 1400.0]
-patch = {patch}
-batch = 4
-val_slices = 1
-min_tissue = 0.0
-prefetch = 2
-[model]
-generator = {{ kind = "unet", base = 4, depth = 2 }}
-[optim]
-lr = 0.002
-beta1 = 0.9
-[schedule]
-epochs = 3
-steps_per_epoch = 10
-decay_epochs = 1
-[noise2score]
-noise = "correlated"
-"#,
-        root.display()
-    );
-    TrainConfig::from_toml(&text).map_err(|e| e.to_string())
+/// The shared tiny config with `noise = "correlated"`, at [-1400, 1400] HU (the
+/// synthetic anatomy's noise is then never clipped).
+fn correlated_config(root: &Path) -> TrainConfig {
+    let mut config =
+        common::tiny_config("noise2score", root, "[noise2score]\nnoise = \"correlated\"");
+    config.data.window = [-1400.0, 1400.0];
+    config.validate().unwrap();
+    config
 }
 
 #[test]
@@ -589,12 +567,14 @@ fn a_correlated_run_records_its_estimate_and_exports_a_plain_graph() {
     let data = tmp.path().join("data");
     correlated_dataset(&data);
     // Too small a patch for the correlation's lags is refused up front.
-    let err = correlated_config(&data, 8).unwrap_err();
+    let config = correlated_config(&data);
+    let mut small = config.clone();
+    small.data.patch = 8;
+    let err = small.validate().unwrap_err().to_string();
     assert!(err.contains("data.patch must be at least 15"), "{err}");
     let run = tmp.path().join("run");
-    let config = correlated_config(&data, 16).unwrap();
     let out = fit(&config, &opts(&run)).unwrap();
-    assert_eq!(out.steps_done, 30);
+    assert_eq!(out.steps_done, 12);
     assert!(column(&run, "ardae").iter().all(|v| v.is_finite()));
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
