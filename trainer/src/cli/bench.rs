@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::model::default_device;
+use crate::model::DeviceChoice;
 use crate::nn::{profile, ConvBackend};
 use crate::train::{build_method, TrainConfig};
 use anyhow::Context;
@@ -68,10 +68,13 @@ pub struct BenchStepArgs {
     /// seconds per step by op to the JSON line (`profile`).
     #[arg(long)]
     pub profile: bool,
+    /// The device the step runs on (`cuda` needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
-    let device = default_device();
+    let device = args.device.device()?;
     let mut config = TrainConfig {
         method: match args.method {
             BenchMethod::Supervised => MethodKind::Supervised,
@@ -117,6 +120,7 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
     for _ in 0..args.warmup {
         method.step(&low, &full, 2e-4, &mut rng)?;
     }
+    device.synchronize()?;
     if args.profile {
         profile::enable();
         profile::take();
@@ -127,6 +131,8 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
         profile::time(profile::Op::Step, || {
             method.step(&low, &full, 2e-4, &mut rng)
         })?;
+        // A GPU runs the step's kernels asynchronously: the time is the work's.
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let by_op = args.profile.then(|| per_step(profile::take(), args.steps));

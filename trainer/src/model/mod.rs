@@ -69,6 +69,36 @@ pub fn default_device() -> Device {
     Device::Cpu
 }
 
+/// Which device to run on, as a command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when built with `cuda` and a GPU is there, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device 0; an error when the build has no `cuda` feature or no GPU is found.
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device, ModelError> {
+        match self {
+            DeviceChoice::Auto => Ok(default_device()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
+                ModelError::Unsupported(format!("--device cuda: CUDA device 0 unavailable: {e}"))
+            }),
+            #[cfg(not(feature = "cuda"))]
+            DeviceChoice::Cuda => Err(ModelError::Unsupported(
+                "--device cuda: this ldct-train was built without the `cuda` feature \
+                 (cargo build --release -p ldct-train --features cuda)"
+                    .into(),
+            )),
+        }
+    }
+}
+
 /// A network: an [`Arch`] and its parameters as Candle variables.
 ///
 /// `clone()` shares the variables (Candle `Var`s are reference-counted): a clone
