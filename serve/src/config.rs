@@ -34,6 +34,20 @@ pub enum ArenaStrategy {
     SameAsRequested,
 }
 
+/// How the CUDA execution provider picks each convolution's cuDNN algorithm
+/// (ONNX Runtime's `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvAlgoSearch {
+    /// cuDNN's heuristics (mode A): no benchmark when a batch's shape changes.
+    Heuristic,
+    /// Benchmark every candidate (mode B). ONNX Runtime runs the benchmark again
+    /// whenever a convolution's input shape differs from its previous run, so a
+    /// batcher whose batch sizes vary pays it over and over.
+    Exhaustive,
+    /// cuDNN's fallback algorithms.
+    Default,
+}
+
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -124,6 +138,14 @@ pub struct Config {
     /// Growth strategy of the CUDA memory arena.
     #[arg(long, env = "LDCT_ARENA_STRATEGY", value_enum, default_value_t = ArenaStrategy::NextPowerOfTwo)]
     pub arena_strategy: ArenaStrategy,
+    /// How the CUDA execution provider chooses convolution algorithms. `heuristic`
+    /// (the default) because ONNX Runtime re-runs the exhaustive benchmark each time
+    /// a convolution's input shape changes, and the batcher's batch size changes with
+    /// the load: on an H200 with the default model, `exhaustive` made every batch of
+    /// a concurrency-4 load take about 0.64 s instead of milliseconds (docs/PERFORMANCE.md).
+    #[arg(long, env = "LDCT_CUDNN_CONV_ALGO_SEARCH", value_enum,
+          default_value_t = ConvAlgoSearch::Heuristic)]
+    pub cudnn_conv_algo_search: ConvAlgoSearch,
     /// Never shrink ONNX Runtime's CPU memory arena: the memory of the largest batch run
     /// so far stays with the process, whatever its size. Without it the arena keeps the
     /// memory of batches up to --cpu-arena-keep-pixels and shrinks after larger ones.
@@ -750,8 +772,11 @@ mod tests {
             "2.5s",
             "--arena-strategy",
             "same-as-requested",
+            "--cudnn-conv-algo-search",
+            "exhaustive",
         ])
         .unwrap();
+        assert_eq!(c.cudnn_conv_algo_search, ConvAlgoSearch::Exhaustive);
         assert_eq!(c.device, DeviceChoice::Cpu);
         assert_eq!(c.max_batch, 4);
         assert_eq!(c.request_timeout(), Duration::from_millis(2500));

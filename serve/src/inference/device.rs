@@ -13,7 +13,7 @@ use ort::ep::{self, ArenaExtendStrategy, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
-use crate::config::{ArenaStrategy, Config, DeviceChoice};
+use crate::config::{ArenaStrategy, Config, ConvAlgoSearch, DeviceChoice};
 
 /// The device a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct SessionFactory {
     pub arena_keep_pixels: usize,
     pub gpu_mem_limit: Option<usize>,
     pub arena_strategy: ArenaStrategy,
+    /// cuDNN's convolution algorithm choice on CUDA (`--cudnn-conv-algo-search`).
+    pub conv_algo_search: ConvAlgoSearch,
     /// Why `device` was chosen (logged at start).
     pub reason: String,
 }
@@ -108,6 +110,7 @@ impl SessionFactory {
             arena_keep_pixels: usize::try_from(config.cpu_arena_keep_pixels).unwrap_or(usize::MAX),
             gpu_mem_limit: config.gpu_mem_limit,
             arena_strategy: config.arena_strategy,
+            conv_algo_search: config.cudnn_conv_algo_search,
             reason,
         })
     }
@@ -123,6 +126,7 @@ impl SessionFactory {
             arena_keep_pixels: 8 * 512 * 512,
             gpu_mem_limit: None,
             arena_strategy: ArenaStrategy::NextPowerOfTwo,
+            conv_algo_search: ConvAlgoSearch::Heuristic,
             reason: "cpu".into(),
         }
     }
@@ -159,6 +163,11 @@ impl SessionFactory {
             .with_arena_extend_strategy(match self.arena_strategy {
                 ArenaStrategy::NextPowerOfTwo => ArenaExtendStrategy::NextPowerOfTwo,
                 ArenaStrategy::SameAsRequested => ArenaExtendStrategy::SameAsRequested,
+            })
+            .with_conv_algorithm_search(match self.conv_algo_search {
+                ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
             });
         if let Some(limit) = self.gpu_mem_limit {
             cuda = cuda.with_memory_limit(limit);
