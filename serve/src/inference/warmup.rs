@@ -63,20 +63,34 @@ impl Warmup {
         self.sides.is_empty()
     }
 
-    /// The runs for a model with `padding`: each side padded, at batch 1 and at the
-    /// batcher's largest batch for that padded shape, without repeats.
+    /// The runs for a model with `padding`: each side padded, at the batcher's largest
+    /// batch for that padded shape and at batch 1, without repeats. The first side at
+    /// batch 1 (a single production slice) runs last: ONNX Runtime's CUDA convolutions
+    /// set up their cuDNN plans again whenever their input shape changes, so the last
+    /// warmup shape is the one the first request finds in place (on an H200 a change
+    /// cost the first request 80 ms, four times a warm run; docs/PERFORMANCE.md).
     pub fn plan(&self, padding: &Padding) -> Vec<Shape> {
         let mut shapes = Vec::new();
         for &side in &self.sides {
             let side = padding.padded_len(side);
             for batch in [
-                1,
                 slices_per_batch(self.max_batch, self.max_batch_pixels, side, side),
+                1,
             ] {
                 let shape = Shape { batch, side };
                 if !shapes.contains(&shape) {
                     shapes.push(shape);
                 }
+            }
+        }
+        if let Some(&first) = self.sides.first() {
+            let single = Shape {
+                batch: 1,
+                side: padding.padded_len(first),
+            };
+            if let Some(i) = shapes.iter().position(|s| *s == single) {
+                let s = shapes.remove(i);
+                shapes.push(s);
             }
         }
         shapes
@@ -95,15 +109,16 @@ mod tests {
             max_batch_pixels: 8 * 512 * 512,
         };
         let shape = |batch, side| Shape { batch, side };
-        // 500 pads to 512 (multiple 16): 8 slices fit; 1024: 2; 2048: only one.
+        // 500 pads to 512 (multiple 16): 8 slices fit; 1024: 2; 2048: only one. The
+        // first side's single slice runs last.
         assert_eq!(
             w.plan(&Padding::new(16, 1)),
             vec![
-                shape(1, 512),
                 shape(8, 512),
-                shape(1, 1024),
                 shape(2, 1024),
-                shape(1, 2048)
+                shape(1, 1024),
+                shape(1, 2048),
+                shape(1, 512)
             ]
         );
         // --max-batch 1: one run per side.
