@@ -19,7 +19,7 @@ ORT_DYLIB = $(or $(ORT_DYLIB_PATH),$(lastword $(sort $(wildcard $(VENV)/lib/pyth
 RUN_ENV = ORT_DYLIB_PATH="$(ORT_DYLIB)" LDCT_PYTHON="$(PYTHON)" LDCT_BIN_DIR="$(CURDIR)/target/debug"
 TRAIN_RELEASE = $(RUN_ENV) target/release/ldct-train
 
-.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-soak bench-train bench-train-vs-torch bench-roofline model quality
+.PHONY: help setup serve test fmt clippy cargo-test pytest build fuzz data bench-simulate bench-serve bench-soak bench-train bench-train-vs-torch bench-roofline model quality gpu-check
 
 help:
 	@echo "make serve   run ldct-serve on models/ (installs what it needs)"
@@ -29,6 +29,7 @@ help:
 	@echo "make model   retrain the default model (make data + fit configs/default.toml, default-finetune.toml, default-finetune2.toml + eval + export to models/default)"
 	@echo "make quality rebuild docs/QUALITY.md from the runs (NL-means / TV tuned on the train split)"
 	@echo "make bench-train | bench-train-vs-torch | bench-serve | bench-soak | bench-simulate | bench-roofline   benchmarks (print figures)"
+	@echo "make gpu-check   on an NVIDIA GPU machine: the server on CUDA and Candle cuda training steps beside the CPU"
 	@echo "make fuzz    fuzz the parsers of untrusted bytes (nightly + cargo-fuzz; FUZZ_SECONDS per target)"
 
 setup:
@@ -129,6 +130,19 @@ bench-train-vs-torch: setup
 
 bench-roofline: setup
 	$(PYTHON) bench/roofline.py --model models/default
+
+# On a machine with an NVIDIA GPU and driver: ldct-serve --device cuda on models/default
+# and Candle cuda training steps, each beside the same on the CPU (bench/gpu_check.py).
+# onnxruntime-gpu and the CUDA 13 libraries come from PyPI into .venv-gpu
+# (scripts/gpu_venv.sh); building the trainer's cuda feature needs nvcc (CUDA_PATH, see
+# trainer/README.md "CUDA").
+GPU_ORT = $(lastword $(sort $(wildcard $(CURDIR)/.venv-gpu/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*)))
+gpu-check: setup
+	scripts/gpu_venv.sh
+	$(CARGO) build --release -p ldct-serve
+	$(CARGO) build --release -p ldct-train --features cuda --target-dir target/cuda
+	.venv-gpu/bin/python bench/gpu_check.py --serve-bin target/release/ldct-serve \
+		--train-bin target/cuda/release/ldct-train --ort-lib "$(GPU_ORT)"
 
 bench-serve: setup
 	$(CARGO) build --release -p ldct-serve

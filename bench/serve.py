@@ -207,6 +207,9 @@ def main():
     ap.add_argument("--no-cold", action="store_true", help="skip the second server without warmup")
     ap.add_argument("--cpu-arena", action="store_true", help="start the server with --cpu-arena")
     ap.add_argument("--server-args", default="", help="more ldct-serve flags, space-separated")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="the server's --device; the in-process run uses onnxruntime's matching provider "
+                         "(skipped for cuda when this Python's onnxruntime has no CUDA provider)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -230,7 +233,7 @@ def main():
     def start(warmup_sizes):
         port = free_port()
         log_path = Path(tmp.name) / f"serve-{port}.log"
-        cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", "cpu",
+        cmd = [args.bin, "--models", str(models_root), "--bind", f"127.0.0.1:{port}", "--device", args.device,
                "--intra-threads", str(args.threads), "--max-batch", str(args.max_batch),
                "--batch-timeout-ms", str(args.batch_timeout_ms), "--queue-capacity", "1024",
                "--warmup-sizes", warmup_sizes] + (["--cpu-arena"] if args.cpu_arena else []) + args.server_args.split()
@@ -274,18 +277,23 @@ def main():
         finally:
             stop(proc)
 
-    # The same model in-process, same thread count.
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    # The same model in-process, same thread count and device.
+    provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[args.device]
+    direct = {}
+    if provider not in ort.get_available_providers():
+        print(f"(this Python's onnxruntime {ort.__version__} has no {provider}: no in-process comparison)")
+        sess = None
+    else:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=[provider])
     x = ((np.clip(hu, lo, hi) - lo) / (hi - lo) * (rhi - rlo) + rlo).astype(np.float32)[None, None]
-    if sess.get_inputs()[0].shape[1] == 2:
+    if sess is not None and sess.get_inputs()[0].shape[1] == 2:
         # A noise-conditioned model: a constant noise-map plane (the server computes it
         # per slice; its value does not change the cost).
         x = np.concatenate([x, np.full_like(x, 0.01 * (rhi - rlo))], axis=1)
-    direct = {}
-    for batch in (1, 4, args.max_batch):
+    for batch in ((1, 4, args.max_batch) if sess is not None else ()):
         xb = np.repeat(x, batch, axis=0)
         for _ in range(3):
             sess.run(["output"], {"input": xb})
@@ -296,10 +304,10 @@ def main():
             lat.append(time.perf_counter() - t)
         direct[f"b{batch}"] = {"slices_per_s": batch / float(np.mean(lat)), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
-    d1 = direct["b1"]
-    best_direct = max(v["slices_per_s"] for v in direct.values())
+    d1 = direct.get("b1")
+    best_direct = max((v["slices_per_s"] for v in direct.values()), default=None)
     print(f"ldct-serve bench: 512x512 {source}, model {manifest['name']} {manifest['version']} "
-          f"({manifest['arch']['description']}), CPU, {args.threads} intra-op thread(s), "
+          f"({manifest['arch']['description']}), {args.device.upper()}, {args.threads} intra-op thread(s), "
           f"max batch {args.max_batch}, batch timeout {args.batch_timeout_ms} ms, "
           f"CPU arena {'never shrinks (--cpu-arena)' if args.cpu_arena else 'keeps production batches'}, "
           f"machine {os.cpu_count()} cores")
@@ -321,15 +329,19 @@ def main():
         c = server["cold"]
         print(f"without warmup (--warmup-sizes none): start to ready {c['start_to_ready_s']:.1f} s; "
               f"first request {c['first_request_ms']:.1f} ms = {c['first_request_ms'] / p50:.2f}x the p50")
-    print(f"single-request latency / direct batch-1 latency (p50): {s['p50_ms'] / d1['p50_ms']:.2f}x "
-          f"(+{s['p50_ms'] - d1['p50_ms']:.1f} ms of HTTP, .npy coding, pre/post-processing, queueing)")
-    for conc in (1, 4, 16):
+    if d1 is None:
+        conc_ratios = ()
+    else:
+        print(f"single-request latency / direct batch-1 latency (p50): {s['p50_ms'] / d1['p50_ms']:.2f}x "
+              f"(+{s['p50_ms'] - d1['p50_ms']:.1f} ms of HTTP, .npy coding, pre/post-processing, queueing)")
+        conc_ratios = (1, 4, 16)
+    for conc in conc_ratios:
         v = server[f"c{conc}"]
         print(f"throughput at concurrency {conc:>2} / best direct throughput: {v['slices_per_s'] / best_direct:.2f} "
               f"whole run ({v['requests']} requests), {v['steady_slices_per_s'] / best_direct:.2f} steady state "
               f"(without the first and last {conc} answers)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"server": server, "direct": direct, "threads": args.threads,
+        Path(args.json).write_text(json.dumps({"server": server, "direct": direct, "threads": args.threads, "device": args.device,
                                                "source": source, "model": manifest["name"]}, indent=2))
     return 0
 
