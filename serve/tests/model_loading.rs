@@ -27,7 +27,7 @@ fn warmup_count(model: &str) -> u64 {
 }
 
 #[test]
-fn the_warmup_runs_each_padded_side_at_batch_one_and_the_largest_batch_on_every_session() {
+fn the_warmup_runs_each_padded_side_at_the_largest_batch_and_batch_one_on_every_session() {
     let tmp = tempfile::tempdir().unwrap();
     write_model_dir(
         &tmp.path().join("m"),
@@ -49,9 +49,10 @@ fn the_warmup_runs_each_padded_side_at_batch_one_and_the_largest_batch_on_every_
     let w = m.warmup.as_ref().expect("the model was warmed up");
     let shape = |batch, side| Shape { batch, side };
     // 100 pads to 112: two slices fit the pixel budget; 40 pads to 48: --max-batch 3.
+    // The first size's single slice runs last (the shape a lone request has).
     assert_eq!(
         w.shapes,
-        vec![shape(1, 112), shape(2, 112), shape(1, 48), shape(3, 48)]
+        vec![shape(2, 112), shape(3, 48), shape(1, 48), shape(1, 112)]
     );
     assert_eq!(w.shapes, warmup.plan(&Padding::new(16, 1)));
     assert_eq!(w.sessions, 2);
