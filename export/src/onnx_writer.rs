@@ -14,6 +14,7 @@
 //! | `Mul`, `Div`, `Exp`      | `Mul`, `Div`, `Exp`                                                |
 //! | `Affine`                 | `Mul` by the scalar initializer `{node}.scale`, then `Add` of `{node}.shift` (a factor 1 or a shift 0 is left out; both: `Identity`) |
 //! | `Upsample`               | `Resize` with scales (nearest: asymmetric + floor; bilinear: linear + half_pixel) |
+//! | `PixelShuffle`           | `DepthToSpace` (blocksize, mode `CRD`)                             |
 //!
 //! Weights are initializers named exactly as [`Arch::parameters`] (the safetensors
 //! names). The graph input is `input`, the output `output`, both float32
@@ -671,6 +672,18 @@ pub fn build_model(
                     ],
                 };
                 b.node("Resize", name, &[x, "", scales.as_str()], &out, attrs);
+            }
+            Op::PixelShuffle { scale } => {
+                b.node(
+                    "DepthToSpace",
+                    name,
+                    &[x],
+                    &out,
+                    vec![
+                        attr::int("blocksize", scale as i64),
+                        attr::string("mode", "CRD"),
+                    ],
+                );
             }
         }
         tensor.insert(node.name.as_str(), out);

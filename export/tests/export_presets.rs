@@ -557,6 +557,25 @@ fn large_non_square_and_odd_sizes_round_trip() {
             Precision::Fp32,
             &[(101, 130), (256, 384)],
         ),
+        // The sub-pixel way back: ONNX DepthToSpace (CRD) against the trainer's
+        // pixel shuffle, with sub-pixel kernels that differ (trained-looking weights).
+        export_case(
+            tmp.path(),
+            "resnet_pixelshuffle_sizes",
+            network(
+                Arch::from_preset(&Preset::Resnet(ResnetConfig {
+                    ngf: 2,
+                    n_blocks: 1,
+                    norm: Norm::Instance,
+                    upsample: Upsampling::PixelShuffle,
+                    ..Default::default()
+                }))
+                .unwrap(),
+                14,
+            ),
+            Precision::Fp32,
+            &[(101, 130), (256, 384)],
+        ),
     ];
     // 101x130 is padded: 104x132 for unet depth 2 (multiple 4).
     let (ph, pw) = cases[0].net.arch().padded_size(101, 130).unwrap();

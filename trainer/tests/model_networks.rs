@@ -488,8 +488,16 @@ fn varmap_shares_the_networks_variables() {
 }
 
 /// The ResNet generator's first upsampling stage on its own (the preset's `up1.*`
-/// nodes up to the convolution, fed from the graph input), with random weights.
+/// nodes up to the convolution or pixel shuffle, fed from the graph input), with
+/// random weights.
 fn resnet_up_stage(upsample: Upsampling) -> (Network, usize) {
+    let (net, channels) = resnet_up_stage_fresh(upsample);
+    net.randomise_for_testing(9).unwrap();
+    (net, channels)
+}
+
+/// [`resnet_up_stage`] as `Network::new` initialises it.
+fn resnet_up_stage_fresh(upsample: Upsampling) -> (Network, usize) {
     let arch = Arch::from_preset(&Preset::Resnet(ResnetConfig {
         ngf: 4,
         n_blocks: 1,
@@ -506,7 +514,8 @@ fn resnet_up_stage(upsample: Upsampling) -> (Network, usize) {
         .collect();
     let first = nodes[0].name.clone();
     nodes[0].inputs = vec![ldct_proto::arch::INPUT.to_string()];
-    assert!(nodes.last().unwrap().name == "up1.conv", "{:?}", nodes);
+    let last = &nodes.last().unwrap().name;
+    assert!(last == "up1.conv" || last == "up1.shuffle", "{nodes:?}");
     let channels = 16; // ngf 4 after two doublings
     let stage = Arch {
         name: format!("up1 from {first}"),
@@ -517,7 +526,6 @@ fn resnet_up_stage(upsample: Upsampling) -> (Network, usize) {
         ..arch
     };
     let net = Network::new(stage, &cpu(), DType::F32, Init::default(), 3).unwrap();
-    net.randomise_for_testing(9).unwrap();
     (net, channels)
 }
 
@@ -561,8 +569,68 @@ fn resize_convolution_prints_no_stride_grid() {
 }
 
 #[test]
+fn sub_pixel_convolution_starts_without_a_stride_grid_and_can_leave_it() {
+    // Resize-convolution has no grid, but also no way to give the pixels of a 2x2
+    // block different kernels; a denoiser's correction is pixel-scale. Conv 3x3 to
+    // 4x the channels + pixel shuffle gives each sub-pixel its own kernel, and ICNR
+    // (`Network::new`) starts the four alike: a constant map stays constant at the
+    // start, and with sub-kernels that differ (as training may make them) it does not.
+    let (fresh, ch) = resnet_up_stage_fresh(Upsampling::PixelShuffle);
+    assert!(fresh.arch().nodes.iter().any(|n| n.name == "up1.shuffle"));
+    let start = interior_swing(&fresh, ch);
+    assert!(
+        start < 1e-5,
+        "sub-pixel convolution's swing at the start {start}"
+    );
+    // Each group of four kernels is one kernel, repeated.
+    let w = fresh.var("up1.conv.weight").unwrap().as_tensor().clone();
+    let (o, i, k, _) = w.dims4().unwrap();
+    let g = w.reshape((o / 4, 4, i * k * k)).unwrap();
+    let spread = (g.max(1).unwrap() - g.min(1).unwrap()).unwrap();
+    assert_eq!(max_abs(&spread), 0.0);
+    assert!(max_abs(&w) > 0.0);
+    let (trained, _) = resnet_up_stage(Upsampling::PixelShuffle);
+    let later = interior_swing(&trained, ch);
+    assert!(
+        later > 0.1,
+        "sub-pixel convolution with distinct sub-kernels: swing {later}"
+    );
+    // The resize-convolution cannot, whatever its weights.
+    let (resize, _) = resnet_up_stage(Upsampling::Resize);
+    assert!(interior_swing(&resize, ch) < 1e-5);
+}
+
+#[test]
+fn pixel_shuffle_moves_channel_c4_plus_2i_plus_j_to_pixel_2h_plus_i_2w_plus_j() {
+    // PyTorch's pixel_shuffle / ONNX DepthToSpace CRD, checked index by index.
+    let (n, c, h, w) = (2usize, 3usize, 2usize, 3usize);
+    let x: Vec<f32> = (0..n * c * 4 * h * w).map(|v| v as f32).collect();
+    let xt = Tensor::from_vec(x.clone(), (n, c * 4, h, w), &cpu()).unwrap();
+    let y = ldct_train::model::pixel_shuffle(&xt, 2).unwrap();
+    assert_eq!(y.dims(), &[n, c, 2 * h, 2 * w]);
+    let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for b in 0..n {
+        for ch in 0..c {
+            for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                for r in 0..h {
+                    for q in 0..w {
+                        let src = x[((b * c * 4 + ch * 4 + i * 2 + j) * h + r) * w + q];
+                        let dst = yv[((b * c + ch) * 2 * h + 2 * r + i) * 2 * w + 2 * q + j];
+                        assert_eq!(src, dst, "b {b} c {ch} sub-pixel ({i}, {j}) at ({r}, {q})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn both_resnet_upsamplings_keep_the_input_size() {
-    for upsample in [Upsampling::Transposed, Upsampling::Resize] {
+    for upsample in [
+        Upsampling::Transposed,
+        Upsampling::Resize,
+        Upsampling::PixelShuffle,
+    ] {
         let arch = Arch::from_preset(&Preset::Resnet(ResnetConfig {
             ngf: 4,
             n_blocks: 1,

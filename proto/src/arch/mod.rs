@@ -189,6 +189,11 @@ pub enum Op {
     Concat,
     /// Upsampling of H and W by an integer `scale`.
     Upsample { scale: usize, mode: UpsampleMode },
+    /// Channels to space (sub-pixel convolution's rearrangement; PyTorch
+    /// `pixel_shuffle`, ONNX `DepthToSpace` mode `CRD`): `[N, C * s * s, H, W]` ->
+    /// `[N, C, H * s, W * s]`, input channel `c * s * s + i * s + j` becoming pixel
+    /// `(h * s + i, w * s + j)` of output channel `c`.
+    PixelShuffle { scale: usize },
     /// `scale * x + shift`, element-wise (one input). ONNX: `Mul` and `Add` with
     /// scalar initialisers (an identity part is left out).
     Affine { scale: f64, shift: f64 },
@@ -292,6 +297,7 @@ impl Op {
             Op::Add => "add",
             Op::Concat => "concat",
             Op::Upsample { .. } => "upsample",
+            Op::PixelShuffle { .. } => "pixel_shuffle",
             Op::Affine { .. } => "affine",
             Op::Exp => "exp",
             Op::Mul => "mul",
@@ -368,7 +374,7 @@ impl Op {
         match *self {
             Op::Conv2d { stride, .. } => (stride as u64, 1),
             Op::ConvTranspose2d { stride, .. } => (1, stride as u64),
-            Op::Upsample { scale, .. } => (1, scale as u64),
+            Op::Upsample { scale, .. } | Op::PixelShuffle { scale } => (1, scale as u64),
             _ => (1, 1),
         }
     }
@@ -575,6 +581,20 @@ impl Arch {
                     positive("scale", scale)?;
                     c
                 }
+                Op::PixelShuffle { scale } => {
+                    positive("scale", scale)?;
+                    if c % (scale * scale) != 0 {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "a pixel shuffle by {scale} needs a multiple of {} channels, `{}` has {c}",
+                                scale * scale,
+                                node.inputs[0]
+                            ),
+                        ));
+                    }
+                    c / (scale * scale)
+                }
                 Op::Affine { scale, shift } => {
                     if !(scale.is_finite() && shift.is_finite()) {
                         return Err(invalid(name, "scale and shift must be finite".into()));
@@ -722,7 +742,9 @@ impl Arch {
                     (s.h + 2 * pad, s.w + 2 * pad)
                 }
                 Op::ZeroPad2d { pad } => (s.h + 2 * pad, s.w + 2 * pad),
-                Op::Upsample { scale, .. } => (s.h * scale, s.w * scale),
+                Op::Upsample { scale, .. } | Op::PixelShuffle { scale } => {
+                    (s.h * scale, s.w * scale)
+                }
                 Op::Add | Op::Mul | Op::Div | Op::Concat => {
                     for r in &node.inputs[1..] {
                         let o = get(r);

@@ -100,7 +100,16 @@ impl Norm {
 /// resize-convolution of Odena et al. 2016 ("Deconvolution and checkerboard
 /// artifacts"), whose every output pixel sees the same number of kernel taps, so it
 /// cannot print the stride's grid on the image the way a stride-2 transposed
-/// convolution with a 3x3 kernel can.
+/// convolution with a 3x3 kernel can. But all four pixels of each 2x2 block then
+/// come from one trunk pixel through the same kernel, so the way back cannot make
+/// pixel-scale, position-dependent output (what a denoiser's correction is).
+///
+/// With `upsample = "pixelshuffle"` each transposed convolution is reflection pad 1,
+/// conv 3x3 to 4x the halved channels and a pixel shuffle by 2 (the sub-pixel
+/// convolution of Shi et al. 2016): each pixel of a 2x2 block has its own kernel,
+/// like the transposed convolution's, and the trainer initialises the four alike
+/// (ICNR, Aitken et al. 2017), so at the start it is a resize-convolution and has no
+/// checkerboard to unlearn.
 ///
 /// Spatial multiple 4, minimum size 8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +140,8 @@ pub enum Upsampling {
     Transposed,
     /// Nearest-neighbour 2x upsampling, reflection pad 1, conv 3x3.
     Resize,
+    /// Reflection pad 1, conv 3x3 to 4x the channels, pixel shuffle by 2 (ICNR init).
+    PixelShuffle,
 }
 
 impl Upsampling {
@@ -328,6 +339,7 @@ impl Preset {
                 match c.upsample {
                     Upsampling::Transposed => "",
                     Upsampling::Resize => ", resize-convolution",
+                    Upsampling::PixelShuffle => ", sub-pixel convolution",
                 }
             ),
             Preset::Unet(c) => format!(
@@ -604,6 +616,11 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
                 );
                 let y = g.reflect(format!("{p}.pad"), &y, 1);
                 g.conv(format!("{p}.conv"), &y, ch, ch / 2, 3, 1, 0, bias)
+            }
+            Upsampling::PixelShuffle => {
+                let y = g.reflect(format!("{p}.pad"), &x, 1);
+                let y = g.conv(format!("{p}.conv"), &y, ch, ch / 2 * 4, 3, 1, 0, bias);
+                g.push(format!("{p}.shuffle"), Op::PixelShuffle { scale: 2 }, &[&y])
             }
         };
         ch /= 2;

@@ -130,11 +130,43 @@ impl Network {
         init: Init,
         seed: u64,
     ) -> Result<Network, ModelError> {
-        Self::build(arch, device, dtype, |spec, op| {
+        let net = Self::build(arch, device, dtype, |spec, op| {
             Ok(Var::from_tensor(&init::init_tensor(
                 spec, op, init, seed, device, dtype,
             )?)?)
-        })
+        })?;
+        net.tie_sub_pixel_kernels()?;
+        Ok(net)
+    }
+
+    /// ICNR (Aitken et al. 2017): a convolution that feeds a pixel shuffle by `s`
+    /// starts with the `s * s` kernels (and biases) of each output channel equal, so
+    /// the pair begins as a nearest-neighbour resize-convolution, whose 2x2 blocks
+    /// are uniform: no checkerboard at the start, and training can still give each
+    /// sub-pixel its own kernel.
+    fn tie_sub_pixel_kernels(&self) -> candle_core::Result<()> {
+        for (i, node) in self.arch.nodes.iter().enumerate() {
+            let Op::PixelShuffle { scale } = node.op else {
+                continue;
+            };
+            let Some(Some(conv)) = self.node_inputs[i].first().copied() else {
+                continue;
+            };
+            if !matches!(self.arch.nodes[conv].op, Op::Conv2d { .. }) {
+                continue;
+            }
+            let group = scale * scale;
+            for &p in &self.node_params[conv] {
+                let v = &self.vars[p];
+                let dims = v.dims().to_vec();
+                let mut grouped = vec![dims[0] / group, group];
+                grouped.extend_from_slice(&dims[1..]);
+                let first = v.as_tensor().reshape(grouped.as_slice())?.narrow(1, 0, 1)?;
+                let tied = first.broadcast_as(grouped.as_slice())?.contiguous()?;
+                v.set(&tied.reshape(dims.as_slice())?)?;
+            }
+        }
+        Ok(())
     }
 
     /// A network whose parameters live in `varmap` under the architecture's names:
@@ -608,6 +640,7 @@ impl Network {
                 Op::Affine { scale, shift } => a.affine(scale, shift)?,
                 Op::Concat => Tensor::cat(&inputs, 1)?,
                 Op::SelectChannels { start, count } => a.narrow(1, start, count)?,
+                Op::PixelShuffle { scale } => pixel_shuffle(a, scale)?,
                 Op::Upsample { scale, mode } => {
                     let (_, _, h, w) = a.dims4()?;
                     match mode {
@@ -630,6 +663,17 @@ impl Network {
             .take()
             .ok_or_else(|| candle_core::Error::Msg("the network has no output".into()))
     }
+}
+
+/// `[N, C * s * s, H, W]` -> `[N, C, H * s, W * s]` ([`Op::PixelShuffle`]; PyTorch's
+/// `pixel_shuffle`, ONNX `DepthToSpace` mode `CRD`).
+pub fn pixel_shuffle(x: &Tensor, scale: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let oc = c / (scale * scale);
+    x.reshape((n, oc, scale, scale, h, w))?
+        .permute((0, 1, 4, 2, 5, 3))?
+        .contiguous()?
+        .reshape((n, oc, h * scale, w * scale))
 }
 
 impl candle_core::Module for Network {
