@@ -138,6 +138,10 @@ bench-roofline: setup
 # trainer/README.md "CUDA").
 GPU_ORT = $(lastword $(sort $(wildcard $(CURDIR)/.venv-gpu/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*)))
 gpu-check: setup
+	@command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
+		|| { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi finds none)" >&2; exit 1; }
+	@command -v nvcc >/dev/null || test -x "$${CUDA_PATH:-/nonexistent}/bin/nvcc" \
+		|| { echo "make gpu-check: nvcc not found (put the CUDA toolkit's bin on PATH or set CUDA_PATH; trainer/README.md \"CUDA\")" >&2; exit 1; }
 	scripts/gpu_venv.sh
 	$(CARGO) build --release -p ldct-serve
 	$(CARGO) build --release -p ldct-train --features cuda --target-dir target/cuda
