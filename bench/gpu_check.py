@@ -133,11 +133,7 @@ def denoise_once(args, device, env, body):
                 raise RuntimeError(f"--device {device}: HTTP {r.status}: {data[:300]!r}")
             return np.load(io.BytesIO(data)).astype(np.float64)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            serve_bench_mod.stop(proc)
 
 
 def main():

@@ -172,6 +172,15 @@ def run_concurrent(port, body, concurrency, total):
     return total / wall, steady, lat
 
 
+def stop(proc):
+    """SIGTERM (the server drains and exits), then SIGKILL after 60 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -245,13 +254,6 @@ def main():
             stop(proc)
             raise
         return proc, port, time.perf_counter() - t0
-
-    def stop(proc):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
     proc, port, startup_s = start(args.warmup_sizes)
     try:
