@@ -16,7 +16,7 @@ use ldct_train::model::{Init, Network};
 use ldct_train::nn::gradcheck::check_gradients;
 use ldct_train::train::config::SigmaSchedule;
 use ldct_train::train::noise2score::{
-    denoiser_for, denoiser_network, estimate_noise, Resolved, Source, Tweedie,
+    denoiser_for, denoiser_network, estimate_noise, Resolved, Tweedie,
 };
 use ldct_train::train::{fit, TrainConfig};
 use ndarray::Array2;
@@ -182,17 +182,8 @@ fn gaussian_tweedie_with_the_ardae_smoothing_is_exact_for_the_smoothed_score() {
     let v = sigma * sigma + a * a;
     let ys: Vec<f64> = (0..50).map(|i| -0.9 + 1.8 * i as f64 / 49.0).collect();
     let score: Vec<f64> = ys.iter().map(|y| -(y - mu) / (tau * tau + v)).collect();
-    let resolved = Resolved {
-        tweedie: Tweedie::Gaussian { sigma },
-        parameter_source: Source::Config,
-        noise_scale,
-        noise_scale_source: Source::Config,
-        estimate: None,
-        sigma_hu: None,
-        anneal_steps: 1,
-        smoothing: a,
-        correlation: None,
-    };
+    let resolved =
+        crate::common::resolved_config(Tweedie::Gaussian { sigma }, noise_scale, a, None);
     let out = tweedie_graph(resolved.denoiser_tweedie(), noise_scale, &ys, &score);
     assert_gaussian_posterior_mean(&ys, &out, mu, tau, v);
     // Without smoothing the record gives the textbook step; other noise models are

@@ -12,7 +12,7 @@ use ldct_imaging::aapm::{self, Split};
 use ldct_proto::arch::{Arch, Node, Op, Preset, ARCH_SCHEMA_VERSION, INPUT};
 use ldct_train::model::{Init, Network};
 use ldct_train::train::noise2score::{
-    denoiser_for, estimate_noise, Noise2Score, Resolved, Source, Tweedie,
+    denoiser_for, estimate_noise, Noise2Score, Resolved, Tweedie,
 };
 use ldct_train::train::noise_correlation::{estimate_correlation, ColoredNoise, NoiseCorrelation};
 use ldct_train::train::{fit, TrainConfig};
@@ -142,16 +142,19 @@ fn apply(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// The prior's 3x3 smoothing kernel `g`: (dy, dx, weight).
+const SMOOTHING: [(isize, isize, f64); 5] = [
+    (0, 0, 0.5),
+    (0, 1, 0.25),
+    (1, 0, 0.25),
+    (0, -1, 0.25),
+    (-1, 0, 0.25),
+];
+
 /// The prior covariance `P = tau^2 (g * g) + eps I` with a 3x3 smoothing `g`
 /// (circulant, positive definite).
 fn prior_covariance(tau: f64) -> Vec<Vec<f64>> {
-    let g = [
-        (0, 0, 0.5),
-        (0, 1, 0.25),
-        (1, 0, 0.25),
-        (0, -1, 0.25),
-        (-1, 0, 0.25),
-    ];
+    let g = SMOOTHING;
     let gg = |dy: isize, dx: isize| {
         let mut s = 0.0;
         for &(y1, x1, a) in &g {
@@ -242,17 +245,7 @@ fn forward_f64(net: &Network, x: &Tensor) -> Vec<f64> {
 }
 
 fn resolved(sigma: f64, noise_scale: f64, a: f64, corr: NoiseCorrelation) -> Resolved {
-    Resolved {
-        tweedie: Tweedie::Correlated { sigma },
-        parameter_source: Source::Config,
-        noise_scale,
-        noise_scale_source: Source::Config,
-        estimate: None,
-        sigma_hu: None,
-        anneal_steps: 1,
-        smoothing: a,
-        correlation: Some(corr),
-    }
+    common::resolved_config(Tweedie::Correlated { sigma }, noise_scale, a, Some(corr))
 }
 
 /// The closed-form quantities of the test model: `x ~ N(mu, P)`, `y = x + N(0,
@@ -384,13 +377,7 @@ fn ardae_loss_is_minimised_by_the_preconditioned_score() {
     // sqrt(0.02) tau z' (covariance P exactly) and noise from the sampler itself.
     let mut rng = StdRng::seed_from_u64(17);
     let count = 512;
-    let g = [
-        (0, 0, 0.5),
-        (0, 1, 0.25),
-        (1, 0, 0.25),
-        (0, -1, 0.25),
-        (-1, 0, 0.25),
-    ];
+    let g = SMOOTHING;
     let noise = ColoredNoise::new(&corr, T, T).sample(count, &mut rng);
     let mut ys = Vec::with_capacity(count * NPIX);
     for n in 0..count {

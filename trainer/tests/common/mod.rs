@@ -136,3 +136,25 @@ decay_epochs = 1
     );
     TrainConfig::from_toml(&text).unwrap()
 }
+
+/// Noise2Score's resolved parameters as a config would give them (every source
+/// `Config`, no estimate, one annealing step), for tests of the Tweedie graph.
+pub fn resolved_config(
+    tweedie: ldct_train::train::noise2score::Tweedie,
+    noise_scale: f64,
+    smoothing: f64,
+    correlation: Option<ldct_train::train::noise_correlation::NoiseCorrelation>,
+) -> ldct_train::train::noise2score::Resolved {
+    use ldct_train::train::noise2score::{Resolved, Source};
+    Resolved {
+        tweedie,
+        parameter_source: Source::Config,
+        noise_scale,
+        noise_scale_source: Source::Config,
+        estimate: None,
+        sigma_hu: None,
+        anneal_steps: 1,
+        smoothing,
+        correlation,
+    }
+}
