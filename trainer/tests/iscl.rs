@@ -73,6 +73,8 @@ fn iscl_losses_fall_and_the_checkpoint_holds_every_network() {
         assert!(l.iter().all(|v| v.is_finite()), "{name}: {l:?}");
         assert!(l[3] < l[0], "{name} did not fall: {l:?}");
     }
+    // No identity term unless it is asked for.
+    assert!(column(&run, "identity").iter().all(|v| *v == 0.0));
     for f in ["f_low2full", "g_full2low", "h_noise", "d_full", "d_low"] {
         assert!(
             run.join("checkpoint")
@@ -285,6 +287,7 @@ fn iscl_configuration_defaults_and_errors_name_the_field() {
     );
     assert!(c.iscl.extractor.is_none());
     assert_eq!(c.iscl.bypass_warmup, 0);
+    assert_eq!(c.iscl.lambda_identity, 0.0);
     // The bypass ramp: 0 at the first step, linear, the full weight from `warmup` on.
     assert_eq!(bypass_ramp(30.0, 0, 0), 30.0);
     assert_eq!(bypass_ramp(30.0, 1000, 0), 0.0);
@@ -312,6 +315,7 @@ fn iscl_configuration_defaults_and_errors_name_the_field() {
         ("[iscl]\ngamma = 1.5\n", "iscl.gamma"),
         ("[iscl]\nlambda_bypass = -1.0\n", "iscl.lambda_bypass"),
         ("[iscl]\nlambda_cycle = nan\n", "iscl.lambda_cycle"),
+        ("[iscl]\nlambda_identity = -5.0\n", "iscl.lambda_identity"),
         (
             "[iscl]\nextractor = { kind = \"resnet\", ngf = 4, n_blocks = 1 }\n",
             "iscl.extractor",
@@ -334,4 +338,73 @@ fn iscl_configuration_defaults_and_errors_name_the_field() {
     }
     // The ISCL fields are only checked for ISCL runs.
     assert!(TrainConfig::from_toml("[iscl]\ngamma = 1.5\n").is_ok());
+}
+
+#[test]
+fn iscl_identity_term_is_trained_when_weighted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let run = tmp.path().join("run");
+    let mut config = tiny_config(&data, "[iscl]\nlambda_identity = 5.0\n");
+    config.schedule.epochs = 4;
+    fit(&config, &opts(&run)).unwrap();
+    let l = column(&run, "identity");
+    assert!(l.iter().all(|v| v.is_finite() && *v > 0.0), "{l:?}");
+    assert!(l[3] < l[0], "identity did not fall: {l:?}");
+}
+
+/// Mean |F(y) - y| over the test slices for the F of a finished run.
+fn f_moved(run: &Path, data: &Path) -> f32 {
+    let f = Network::load_dir(run.join("checkpoint/f_low2full"), &Device::Cpu, DType::F32).unwrap();
+    let mut total = 0.0;
+    let mut n = 0;
+    let pairs = ldct_imaging::aapm::list_pairs(data, ldct_imaging::aapm::Split::Test).unwrap();
+    for pair in &pairs {
+        let (_full, low) = ldct_imaging::aapm::load_pair(pair, None).unwrap();
+        // The run's window, [-1000, 1000] HU, to [-1, 1].
+        let y = Tensor::from_vec(
+            low.iter()
+                .map(|v| (v / 1000.0).clamp(-1.0, 1.0))
+                .collect::<Vec<f32>>(),
+            (1, 1, low.nrows(), low.ncols()),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let fy = f.forward_any_size(&y).unwrap();
+        total += (fy - &y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        n += 1;
+    }
+    total / n as f32
+}
+
+/// The bypass warm-up's reason to exist: with zero heads, F starts at the
+/// identity and H at zero, where the bypass term `|F(y) - (y - H(y))|` is an L1
+/// identity penalty of weight 30 on the noisy images, so F stays pinned there
+/// (the first ISCL config's failure); ramping that weight in lets the
+/// adversarial and cycle terms move F first.
+#[test]
+fn the_bypass_warmup_lets_f_leave_the_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data);
+    let moved = |extra: &str, name: &str| {
+        let mut config = tiny_config(&data, extra);
+        config.model.zero_head = true;
+        config.schedule.epochs = 6;
+        let run = tmp.path().join(name);
+        fit(&config, &opts(&run)).unwrap();
+        f_moved(&run, &data)
+    };
+    let pinned = moved("", "pinned");
+    let warm = moved("[iscl]\nbypass_warmup = 1000\n", "warm");
+    eprintln!("mean |F(y) - y|: no warm-up {pinned}, warm-up {warm}");
+    assert!(warm > 3.0 * pinned, "warm-up {warm} vs none {pinned}");
 }

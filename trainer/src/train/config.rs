@@ -321,6 +321,10 @@ pub struct IsclConfig {
     /// identity penalty on the noisy images; the ramp lets the adversarial and
     /// cycle terms move F first (trainer/README.md, ISCL).
     pub bypass_warmup: u64,
+    /// Weight of the L1 identity losses `|F(x) - x| + |G(y) - y|` (the denoiser
+    /// leaves a full-dose patch alone, the noise maker a low-dose one), as
+    /// CycleGAN's `lambda_identity`. Default 0 (the authors' code has none).
+    pub lambda_identity: f64,
     /// Weight of the discriminators' boosting loss (the bypass images `y - H(y)`
     /// and `x + H(y)` scored as fakes). Default 1 (0: off).
     pub lambda_boost: f64,
@@ -342,6 +346,7 @@ impl Default for IsclConfig {
             lambda_cycle: 30.0,
             lambda_bypass: 30.0,
             bypass_warmup: 0,
+            lambda_identity: 0.0,
             lambda_boost: 1.0,
             gamma: 0.5,
             pool_size: 0,
@@ -582,6 +587,7 @@ impl TrainConfig {
             for (name, v) in [
                 ("lambda_cycle", c.lambda_cycle),
                 ("lambda_bypass", c.lambda_bypass),
+                ("lambda_identity", c.lambda_identity),
                 ("lambda_boost", c.lambda_boost),
             ] {
                 if !(v >= 0.0 && v.is_finite()) {

@@ -17,7 +17,9 @@
 //!   adv    = (D_full(F(y)) - 1)^2 + (D_low(G(x)) - 1)^2                   (LSGAN)
 //!   cycle  = |G(F(y)) - y| + |F(G(x)) - x|
 //!   bypass = |F(y) - (y - H(y))| + |F(x + H(y)) - x|
+//!   identity = |F(x) - x| + |G(y) - y|                   (only when lambda_identity > 0)
 //!   loss_g = adv + lambda_cycle * cycle + lambda_bypass * ramp * bypass
+//!            + lambda_identity * identity
 //!            (ramp: 0 -> 1 over `bypass_warmup` steps; 1 when that is 0)
 //! discriminators (opt_d), fakes of this step through the image pools:
 //!   d_full = 0.5 * ((D_full(x) - 1)^2 + D_full(pool(F(y)))^2)
@@ -86,6 +88,7 @@ pub struct Iscl {
     lambda_cycle: f64,
     lambda_bypass: f64,
     bypass_warmup: u64,
+    lambda_identity: f64,
     lambda_boost: f64,
 }
 
@@ -221,6 +224,7 @@ impl Iscl {
             lambda_cycle: c.lambda_cycle,
             lambda_bypass: c.lambda_bypass,
             bypass_warmup: c.bypass_warmup,
+            lambda_identity: c.lambda_identity,
             lambda_boost: c.lambda_boost,
         })
     }
@@ -248,8 +252,8 @@ impl Iscl {
 impl Method for Iscl {
     fn loss_names(&self) -> &'static [&'static str] {
         &[
-            "g_adv", "cycle", "bypass", "g_total", "d_full", "d_low", "d_boost", "h_pseudo",
-            "h_noise",
+            "g_adv", "cycle", "bypass", "identity", "g_total", "d_full", "d_low", "d_boost",
+            "h_pseudo", "h_noise",
         ]
     }
 
@@ -269,6 +273,13 @@ impl Method for Iscl {
             (l1(&self.g.forward(&fake_full)?, low)? + l1(&self.f.forward(&fake_low)?, full)?)?;
         let bypass = (l1(&fake_full, &bypass_clean)? + l1(&self.f.forward(&pseudo_noisy)?, full)?)?;
         let loss_g = ((&adv + (&cycle * self.lambda_cycle)?)? + (&bypass * self.bypass_weight())?)?;
+        let (identity, loss_g) = if self.lambda_identity > 0.0 {
+            let idt = (l1(&self.f.forward(full)?, full)? + l1(&self.g.forward(low)?, low)?)?;
+            let total = (loss_g + (&idt * self.lambda_identity)?)?;
+            (scalar(&idt)?, total)
+        } else {
+            (0.0, loss_g)
+        };
         let grads = loss_g.backward()?;
         self.opt_g.step(&grads, lr)?;
         drop(grads);
@@ -300,6 +311,7 @@ impl Method for Iscl {
             scalar(&adv)?,
             scalar(&cycle)?,
             scalar(&bypass)?,
+            identity,
             scalar(&loss_g)?,
             scalar(&d_full)?,
             scalar(&d_low)?,
