@@ -576,6 +576,25 @@ fn large_non_square_and_odd_sizes_round_trip() {
             Precision::Fp32,
             &[(101, 130), (256, 384)],
         ),
+        // The long skip (stem + last up stage) of configs/cyclegan-resnet.toml.
+        export_case(
+            tmp.path(),
+            "resnet_long_skip_sizes",
+            network(
+                Arch::from_preset(&Preset::Resnet(ResnetConfig {
+                    ngf: 2,
+                    n_blocks: 1,
+                    norm: Norm::Instance,
+                    upsample: Upsampling::PixelShuffle,
+                    long_skip: true,
+                    ..Default::default()
+                }))
+                .unwrap(),
+                15,
+            ),
+            Precision::Fp32,
+            &[(101, 130), (256, 384)],
+        ),
     ];
     // 101x130 is padded: 104x132 for unet depth 2 (multiple 4).
     let (ph, pw) = cases[0].net.arch().padded_size(101, 130).unwrap();

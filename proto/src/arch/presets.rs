@@ -129,6 +129,14 @@ pub struct ResnetConfig {
     /// so architectures written before it existed stay byte for byte the same.
     #[serde(skip_serializing_if = "Upsampling::is_transposed")]
     pub upsample: Upsampling,
+    /// Add the stem's full-resolution features (after its ReLU) to the last
+    /// upsampling stage's output, before the head: a long skip, the one
+    /// full-resolution path into the head besides the global residual. Without it
+    /// every pixel-scale detail (what a denoiser's correction is) must pass the
+    /// quarter-resolution trunk. Not in CycleGAN's generator. Default false, left out
+    /// of the JSON when false (architectures written before it stay the same).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub long_skip: bool,
 }
 
 /// The ResNet generator's way back to full resolution.
@@ -159,6 +167,7 @@ impl Default for ResnetConfig {
             tanh: true,
             global_residual: true,
             upsample: Upsampling::Transposed,
+            long_skip: false,
         }
     }
 }
@@ -326,7 +335,7 @@ impl Preset {
     pub fn describe(&self) -> String {
         match self {
             Preset::Resnet(c) => format!(
-                "resnet (ngf {}, {} blocks, {}{}{}{})",
+                "resnet (ngf {}, {} blocks, {}{}{}{}{})",
                 c.ngf,
                 c.n_blocks,
                 c.norm.label(),
@@ -340,7 +349,8 @@ impl Preset {
                     Upsampling::Transposed => "",
                     Upsampling::Resize => ", resize-convolution",
                     Upsampling::PixelShuffle => ", sub-pixel convolution",
-                }
+                },
+                if c.long_skip { ", long skip" } else { "" }
             ),
             Preset::Unet(c) => format!(
                 "unet (base {}, depth {}, {}{}{})",
@@ -579,7 +589,8 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
     let x = g.reflect("stem.pad".into(), INPUT, 3);
     let x = g.conv("stem.conv".into(), &x, cin, ngf, 7, 1, 0, bias);
     let x = g.norm("stem.norm".into(), &x, ngf);
-    let mut x = g.relu("stem.relu".into(), &x);
+    let stem = g.relu("stem.relu".into(), &x);
+    let mut x = stem.clone();
     let mut ch = ngf;
     for i in 1..=2 {
         let p = format!("down{i}");
@@ -626,6 +637,9 @@ fn resnet(c: &ResnetConfig, cin: usize, cout: usize) -> Vec<Node> {
         ch /= 2;
         x = g.norm(format!("{p}.norm"), &x, ch);
         x = g.relu(format!("{p}.relu"), &x);
+    }
+    if c.long_skip {
+        x = g.push("long_skip".into(), Op::Add, &[&x, &stem]);
     }
     let x = g.reflect("head.pad".into(), &x, 3);
     let x = g.conv("head.conv".into(), &x, ch, cout, 7, 1, 0, true);

@@ -655,3 +655,40 @@ fn a_noise_map_unet_takes_two_channels_and_adds_back_the_image_only() {
     bad.nodes[i].op = Op::SelectChannels { start: 1, count: 2 };
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn resnet_long_skip_adds_the_stem_to_the_last_up_stage_and_no_parameters() {
+    let plain = resnet(4, 2, Norm::Instance);
+    let skip = Preset::Resnet(ResnetConfig {
+        ngf: 4,
+        n_blocks: 2,
+        long_skip: true,
+        ..Default::default()
+    });
+    let (a, b) = (
+        Arch::from_preset(&plain).unwrap(),
+        Arch::from_preset(&skip).unwrap(),
+    );
+    assert_eq!(a.parameter_count(), b.parameter_count());
+    assert_eq!(b.nodes.len(), a.nodes.len() + 1);
+    let node = |arch: &Arch, name: &str| arch.nodes.iter().find(|n| n.name == name).cloned();
+    assert!(node(&a, "long_skip").is_none());
+    let add = node(&b, "long_skip").unwrap();
+    assert!(matches!(add.op, Op::Add));
+    assert_eq!(add.inputs, vec!["up2.relu".to_string(), "stem.relu".into()]);
+    assert_eq!(
+        node(&b, "head.pad").unwrap().inputs,
+        vec!["long_skip".to_string()]
+    );
+    assert_eq!(
+        node(&a, "head.pad").unwrap().inputs,
+        vec!["up2.relu".to_string()]
+    );
+    // Left out of the JSON when false, so older architectures stay byte for byte.
+    let json = serde_json::to_string(&plain).unwrap();
+    assert!(!json.contains("long_skip"), "{json}");
+    let json = serde_json::to_string(&skip).unwrap();
+    assert!(json.contains("\"long_skip\":true"), "{json}");
+    assert_eq!(serde_json::from_str::<Preset>(&json).unwrap(), skip);
+    assert!(skip.describe().contains("long skip"), "{}", skip.describe());
+}
