@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use super::adam::Adam;
 use super::adversary::Discriminators;
 use super::config::TrainConfig;
-use super::method::{l1, load_nets, named_trainable, save_nets, scalar, Method};
+use super::method::{l1, load_nets, named_trainable, save_nets, scalar, with_identity, Method};
 use crate::model::{ModelError, Network};
 
 pub struct CycleGan {
@@ -88,13 +88,8 @@ impl Method for CycleGan {
         let cycle =
             (l1(&self.f.forward(&fake_full)?, low)? + l1(&self.g.forward(&fake_low)?, full)?)?;
         let loss_g = (&adv + (&cycle * self.lambda_cycle)?)?;
-        let (identity, loss_g) = if self.lambda_identity > 0.0 {
-            let idt = (l1(&self.g.forward(full)?, full)? + l1(&self.f.forward(low)?, low)?)?;
-            let total = (loss_g + (&idt * self.lambda_identity)?)?;
-            (scalar(&idt)?, total)
-        } else {
-            (0.0, loss_g)
-        };
+        let (identity, loss_g) =
+            with_identity(loss_g, self.lambda_identity, &self.g, &self.f, low, full)?;
         let grads = loss_g.backward()?;
         self.opt_g.step(&grads, lr)?;
         drop(grads);

@@ -61,7 +61,9 @@ use rand::rngs::StdRng;
 use super::adam::Adam;
 use super::adversary::Discriminators;
 use super::config::TrainConfig;
-use super::method::{l1, load_nets, lsgan, named_trainable, save_nets, scalar, Method};
+use super::method::{
+    l1, load_nets, lsgan, named_trainable, save_nets, scalar, with_identity, Method,
+};
 use crate::model::{Init, ModelError, Network};
 
 /// Checkpoint sub-folders of F, G and H (the discriminators' are
@@ -273,13 +275,8 @@ impl Method for Iscl {
             (l1(&self.g.forward(&fake_full)?, low)? + l1(&self.f.forward(&fake_low)?, full)?)?;
         let bypass = (l1(&fake_full, &bypass_clean)? + l1(&self.f.forward(&pseudo_noisy)?, full)?)?;
         let loss_g = ((&adv + (&cycle * self.lambda_cycle)?)? + (&bypass * self.bypass_weight())?)?;
-        let (identity, loss_g) = if self.lambda_identity > 0.0 {
-            let idt = (l1(&self.f.forward(full)?, full)? + l1(&self.g.forward(low)?, low)?)?;
-            let total = (loss_g + (&idt * self.lambda_identity)?)?;
-            (scalar(&idt)?, total)
-        } else {
-            (0.0, loss_g)
-        };
+        let (identity, loss_g) =
+            with_identity(loss_g, self.lambda_identity, &self.f, &self.g, low, full)?;
         let grads = loss_g.backward()?;
         self.opt_g.step(&grads, lr)?;
         drop(grads);

@@ -56,6 +56,26 @@ pub fn lsgan_discriminator(real_scores: &Tensor, fake_scores: &Tensor) -> Result
     (lsgan(real_scores, 1.0)? + lsgan(fake_scores, 0.0)?)? * 0.5
 }
 
+/// The unpaired methods' identity term `|D(x) - x| + |N(y) - y|` for the denoiser
+/// `D` (low -> full) and the noise maker `N` (full -> low), with `low` = y and
+/// `full` = x, added to `loss` with weight `lambda`. Returns the term's value (0
+/// when `lambda` is 0, and then nothing is computed) and the new total.
+pub fn with_identity(
+    loss: Tensor,
+    lambda: f64,
+    denoiser: &Network,
+    noise_maker: &Network,
+    low: &Tensor,
+    full: &Tensor,
+) -> Result<(f64, Tensor)> {
+    if lambda <= 0.0 {
+        return Ok((0.0, loss));
+    }
+    let idt = (l1(&denoiser.forward(full)?, full)? + l1(&noise_maker.forward(low)?, low)?)?;
+    let total = (loss + (&idt * lambda)?)?;
+    Ok((scalar(&idt)?, total))
+}
+
 pub fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
