@@ -354,23 +354,24 @@ fn iscl_identity_term_is_trained_when_weighted() {
     assert!(l[3] < l[0], "identity did not fall: {l:?}");
 }
 
-/// Mean |F(y) - y| over the test slices for the F of a finished run.
-fn f_moved(run: &Path, data: &Path) -> f32 {
+/// Mean |F(y) - y| over the test slices for the F of a finished run, the slices
+/// normalised as the run's data pipeline does.
+fn f_moved(run: &Path, config: &TrainConfig) -> f32 {
     let f = Network::load_dir(run.join("checkpoint/f_low2full"), &Device::Cpu, DType::F32).unwrap();
+    let norm = ldct_train::train::data::normaliser(config.data.window).unwrap();
     let mut total = 0.0;
     let mut n = 0;
-    let pairs = ldct_imaging::aapm::list_pairs(data, ldct_imaging::aapm::Split::Test).unwrap();
+    let pairs = ldct_imaging::aapm::list_pairs(
+        config.data.root.as_deref().unwrap(),
+        ldct_imaging::aapm::Split::Test,
+    )
+    .unwrap();
     for pair in &pairs {
         let (_full, low) = ldct_imaging::aapm::load_pair(pair, None).unwrap();
-        // The run's window, [-1000, 1000] HU, to [-1, 1].
-        let y = Tensor::from_vec(
-            low.iter()
-                .map(|v| (v / 1000.0).clamp(-1.0, 1.0))
-                .collect::<Vec<f32>>(),
-            (1, 1, low.nrows(), low.ncols()),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let (h, w) = low.dim();
+        let mut y = low.into_raw_vec_and_offset().0;
+        norm.forward_inplace(&mut y);
+        let y = Tensor::from_vec(y, (1, 1, h, w), &Device::Cpu).unwrap();
         let fy = f.forward_any_size(&y).unwrap();
         total += (fy - &y)
             .unwrap()
@@ -401,7 +402,7 @@ fn the_bypass_warmup_lets_f_leave_the_identity() {
         config.schedule.epochs = 6;
         let run = tmp.path().join(name);
         fit(&config, &opts(&run)).unwrap();
-        f_moved(&run, &data)
+        f_moved(&run, &config)
     };
     let pinned = moved("", "pinned");
     let warm = moved("[iscl]\nbypass_warmup = 1000\n", "warm");
