@@ -199,6 +199,47 @@ fn the_denoiser_is_the_weighted_sum_of_f_and_the_bypass_over_live_weights() {
     assert!(diff < 1e-5, "{diff}");
 }
 
+/// At gamma 1 the denoiser is F alone and at gamma 0 the bypass estimate alone: the
+/// network with weight 0 is left out of the graph and its variables out of the model
+/// (nothing to compute or ship for it), and the output is still the weighted sum.
+#[test]
+fn the_denoiser_leaves_out_the_network_weighted_zero() {
+    let g_preset = Preset::Resnet(ResnetConfig {
+        ngf: 4,
+        n_blocks: 1,
+        ..ResnetConfig::default()
+    });
+    let h_preset = Preset::Unet(UnetConfig {
+        base: 4,
+        depth: 2,
+        tanh: false,
+        global_residual: false,
+        ..UnetConfig::default()
+    });
+    let f = random_net(&g_preset, 11);
+    let h = random_net(&h_preset, 12);
+    let y = random_input((2, 1, 16, 16), 1);
+    for (gamma, kept, params) in [
+        (1.0, "f.", f.arch().parameter_count()),
+        (0.0, "h.", h.arch().parameter_count()),
+    ] {
+        let d = denoiser(&f, &h, gamma).unwrap();
+        assert_eq!(d.arch().parameter_count(), params, "gamma {gamma}");
+        assert!(d.parameters().all(|(s, _)| s.name.starts_with(kept)));
+        assert!(d
+            .arch()
+            .nodes
+            .iter()
+            .all(|n| n.name.starts_with(kept) || n.name.starts_with("iscl.")));
+        assert_eq!(d.arch().output_node(), "iscl.output");
+        let diff = max_abs_diff(
+            &d.forward_any_size(&y).unwrap(),
+            &from_parts(&f, &h, &y, gamma),
+        );
+        assert!(diff < 1e-5, "gamma {gamma}: {diff}");
+    }
+}
+
 #[test]
 fn the_method_trains_what_the_generator_computes() {
     // After a step through the Method trait, the generator still equals the

@@ -105,8 +105,10 @@ pub fn bypass_ramp(lambda: f64, warmup: u64, done: u64) -> f64 {
 
 /// The deployable ISCL denoiser: one network computing
 /// `gamma * F(y) + (1 - gamma) * (y - H(y))`. Its graph is F's nodes prefixed
-/// `f.`, H's prefixed `h.` and four combining nodes (`iscl.*`); its variables
-/// are F's and H's own (shared, not copied), named `f.{param}` and `h.{param}`.
+/// `f.`, H's prefixed `h.` and the combining nodes (`iscl.*`, ending in
+/// `iscl.output`); its variables are F's and H's own (shared, not copied), named
+/// `f.{param}` and `h.{param}`. A network whose weight is 0 is left out (gamma 1:
+/// F alone; gamma 0: the bypass estimate alone), so it costs nothing to serve.
 /// It takes F's convolution backend.
 pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Network, ModelError> {
     let (fa, ha) = (f.arch(), h.arch());
@@ -118,10 +120,16 @@ pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Net
             )));
         }
     }
+    let (use_f, use_h) = (gamma != 0.0, gamma != 1.0);
     let f_out = format!("{F_PREFIX}.{}", fa.output_node());
     let h_out = format!("{H_PREFIX}.{}", ha.output_node());
-    let mut nodes = fa.prefixed_nodes(F_PREFIX);
-    nodes.extend(ha.prefixed_nodes(H_PREFIX));
+    let mut nodes = Vec::new();
+    if use_f {
+        nodes.extend(fa.prefixed_nodes(F_PREFIX));
+    }
+    if use_h {
+        nodes.extend(ha.prefixed_nodes(H_PREFIX));
+    }
     let mut push = |name: &str, op: Op, inputs: &[&str]| {
         nodes.push(Node {
             name: name.into(),
@@ -129,39 +137,36 @@ pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Net
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
         })
     };
-    push(
-        "iscl.neg_noise",
-        Op::Affine {
-            scale: -1.0,
-            shift: 0.0,
-        },
-        &[&h_out],
-    );
-    push("iscl.bypass", Op::Add, &[INPUT, "iscl.neg_noise"]);
-    push(
-        "iscl.f_weighted",
-        Op::Affine {
-            scale: gamma,
-            shift: 0.0,
-        },
-        &[&f_out],
-    );
-    push(
-        "iscl.bypass_weighted",
-        Op::Affine {
-            scale: 1.0 - gamma,
-            shift: 0.0,
-        },
-        &["iscl.bypass"],
-    );
-    push(
-        "iscl.output",
-        Op::Add,
-        &["iscl.f_weighted", "iscl.bypass_weighted"],
-    );
+    let weighted = |scale: f64| Op::Affine { scale, shift: 0.0 };
+    if use_h {
+        push("iscl.neg_noise", weighted(-1.0), &[&h_out]);
+        push("iscl.bypass", Op::Add, &[INPUT, "iscl.neg_noise"]);
+    }
+    match (use_f, use_h) {
+        (true, true) => {
+            push("iscl.f_weighted", weighted(gamma), &[&f_out]);
+            push(
+                "iscl.bypass_weighted",
+                weighted(1.0 - gamma),
+                &["iscl.bypass"],
+            );
+            push(
+                "iscl.output",
+                Op::Add,
+                &["iscl.f_weighted", "iscl.bypass_weighted"],
+            );
+        }
+        (true, false) => push("iscl.output", weighted(1.0), &[&f_out]),
+        (false, _) => push("iscl.output", weighted(1.0), &["iscl.bypass"]),
+    }
+    let name = match (use_f, use_h) {
+        (true, true) => format!("iscl_f-{}_h-{}", fa.name, ha.name),
+        (true, false) => format!("iscl_f-{}", fa.name),
+        (false, _) => format!("iscl_h-{}", ha.name),
+    };
     let arch = Arch {
         schema_version: ARCH_SCHEMA_VERSION,
-        name: format!("iscl_f-{}_h-{}", fa.name, ha.name),
+        name,
         preset: Preset::Custom,
         input_channels: 1,
         output_channels: 1,
@@ -173,7 +178,10 @@ pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Net
         let mut data = data
             .lock()
             .map_err(|_| ModelError::Unsupported("the VarMap's lock is poisoned".into()))?;
-        for (prefix, net) in [(F_PREFIX, f), (H_PREFIX, h)] {
+        for (prefix, net, used) in [(F_PREFIX, f, use_f), (H_PREFIX, h, use_h)] {
+            if !used {
+                continue;
+            }
             for (spec, var) in net.parameters() {
                 data.insert(format!("{prefix}.{}", spec.name), var.clone());
             }
