@@ -644,3 +644,138 @@ fn both_resnet_upsamplings_keep_the_input_size() {
         assert_eq!(y.dims(), x.dims(), "{upsample:?}");
     }
 }
+
+/// The generator of `configs/<name>` at a test size (`ngf` 4, 2 residual blocks or
+/// U-Net base 4; everything else, the norm included, as configured), with random
+/// weights.
+fn configured_generator_small(name: &str) -> (Network, usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name);
+    let config = ldct_train::train::TrainConfig::from_file(&path).unwrap();
+    let (preset, radius) = match config.model.generator {
+        // Receptive-field radius at 2 blocks: stem 3, down 1 + 2, blocks 4 x 4,
+        // up 4 + 2, head 3 = 31 by kernel sizes, plus up to 4 because a full-resolution
+        // pixel may sit anywhere in its quarter-resolution 4x4 block: 35.
+        Preset::Resnet(c) => (
+            Preset::Resnet(ResnetConfig {
+                ngf: 4,
+                n_blocks: 2,
+                ..c
+            }),
+            35,
+        ),
+        // A bound for depth d: every 3x3 convolution at level l widens the field by
+        // 2^l on each side, and a level has at most four of them (down or up, and
+        // two more on each side of the U): 1 + 8 * 2^d.
+        Preset::Unet(c) => {
+            let r = 1 + 8 * (1 << c.depth);
+            (Preset::Unet(UnetConfig { base: 4, ..c }), r)
+        }
+        other => panic!("{name}: generator {other:?}"),
+    };
+    let net = Network::new(
+        Arch::from_preset(&preset).unwrap(),
+        &cpu(),
+        DType::F32,
+        Init::default(),
+        5,
+    )
+    .unwrap();
+    net.randomise_for_testing(11).unwrap();
+    (net, radius)
+}
+
+/// The largest difference, over the pixels at least `radius` from the patch's border,
+/// between the generator's output on a patch (what training sees; 16 pixels wider than
+/// twice the radius) and its output on the whole slice, 64 pixels wider (what
+/// validation, `eval` and the server run).
+fn patch_vs_slice(net: &Network, radius: usize) -> f32 {
+    let patch = (2 * radius + 16).next_multiple_of(8);
+    let size = patch + 64;
+    let slice = input(1, size, size, 3);
+    // Different content far from the patch, where only a global statistic can see it:
+    // air (-1) in the slice's outer band, as around a head.
+    let v: Vec<f32> = slice
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let (y, q) = (i / size, i % size);
+            let edge = y.min(q).min(size - 1 - y).min(size - 1 - q);
+            if edge < 12 {
+                -1.0
+            } else {
+                x
+            }
+        })
+        .collect();
+    let slice = Tensor::from_vec(v, (1, 1, size, size), &cpu()).unwrap();
+    let off = (size - patch) / 2;
+    let crop = slice
+        .narrow(2, off, patch)
+        .unwrap()
+        .narrow(3, off, patch)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let whole = net.forward_t(&slice, false).unwrap();
+    let part = net.forward_t(&crop, false).unwrap();
+    let inner = patch - 2 * radius;
+    let a = whole
+        .narrow(2, off + radius, inner)
+        .unwrap()
+        .narrow(3, off + radius, inner)
+        .unwrap();
+    let b = part
+        .narrow(2, radius, inner)
+        .unwrap()
+        .narrow(3, radius, inner)
+        .unwrap();
+    max_abs(&(a - b).unwrap())
+}
+
+/// Why the generators of `configs/cyclegan.toml`, `configs/cyclegan-resnet.toml` and `configs/iscl.toml` have
+/// no normalisation: they are trained on 64x64 patches and run on whole slices, and
+/// an instance norm divides every feature map by statistics of the whole input, so
+/// the correction a pixel gets depends on what else is in the image (air around the
+/// head, the other organs), not on its neighbourhood alone: the network runs on
+/// inputs whose statistics it never trained on. Without a norm the output at a pixel
+/// depends only on its receptive field, the same in a patch as in the whole slice.
+#[test]
+fn the_unpaired_generators_correct_a_pixel_the_same_in_a_patch_as_in_the_slice() {
+    for name in ["cyclegan.toml", "cyclegan-resnet.toml", "iscl.toml"] {
+        let (net, radius) = configured_generator_small(name);
+        let diff = patch_vs_slice(&net, radius);
+        assert!(diff < 1e-5, "{name}: patch vs slice {diff}");
+        // The same network with instance norm (CycleGAN's) does not.
+        let preset = match &net.arch().preset {
+            Preset::Resnet(c) => Preset::Resnet(ResnetConfig {
+                norm: Norm::Instance,
+                ..c.clone()
+            }),
+            Preset::Unet(c) => Preset::Unet(UnetConfig {
+                norm: Norm::Instance,
+                ..c.clone()
+            }),
+            other => panic!("{other:?}"),
+        };
+        let inorm = Network::new(
+            Arch::from_preset(&preset).unwrap(),
+            &cpu(),
+            DType::F32,
+            Init::default(),
+            5,
+        )
+        .unwrap();
+        inorm.randomise_for_testing(11).unwrap();
+        let diff = patch_vs_slice(&inorm, radius);
+        assert!(
+            diff > 1e-3,
+            "{name} with instance norm: patch vs slice {diff}"
+        );
+    }
+}
