@@ -14,6 +14,7 @@ mod noise_rescaling;
 mod simulate_cli;
 mod simulate_reference;
 mod train_loop;
+mod weight_average;
 
 /// Every test file under tests/ is a module of this binary: a file left undeclared here
 /// would compile to nothing and its tests would silently not run (Cargo.toml sets

@@ -207,6 +207,9 @@ pub struct OptimConfig {
     pub beta2: f64,
     /// Default 1e-8.
     pub eps: f64,
+    /// Decay of an exponential moving average of the deployed network's weights
+    /// ([`super::ema`]), e.g. 0.999; 0 (the default) for none, the last weights.
+    pub ema: f64,
 }
 
 impl Default for OptimConfig {
@@ -216,6 +219,7 @@ impl Default for OptimConfig {
             beta1: 0.5,
             beta2: 0.999,
             eps: 1e-8,
+            ema: 0.0,
         }
     }
 }
@@ -581,6 +585,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
+        }
+        if !(0.0..1.0).contains(&o.ema) {
+            return bad(format!(
+                "optim.ema must be in [0, 1) (0: no average), got {}",
+                o.ema
+            ));
         }
         if self.method == Method::Iscl {
             let c = &self.iscl;

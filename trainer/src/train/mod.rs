@@ -1,6 +1,6 @@
 //! Training: the configuration ([`config`]), the data pipeline ([`data`]), the
 //! methods ([`supervised`], [`cyclegan`], [`iscl`], [`noise2score`] behind the [`Method`] trait), Adam
-//! ([`adam`]), the image pool ([`pool`]), evaluation ([`eval`]), the loss plot
+//! ([`adam`]), the weight average ([`ema`]), the image pool ([`pool`]), evaluation ([`eval`]), the loss plot
 //! ([`plot`]) and the loop ([`run`], [`fit`]), which writes the run folder that
 //! [`crate::run_dir`] defines (its files, `run.json`, how it is read back).
 
@@ -11,6 +11,7 @@ pub mod config;
 pub mod cyclegan;
 pub mod data;
 pub mod disc_view;
+pub mod ema;
 pub mod eval;
 pub mod iscl;
 pub mod method;

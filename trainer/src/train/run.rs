@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ConfigError, TrainConfig};
 use super::cyclegan::CycleGan;
 use super::data::{self, DataError, Prefetcher, Sampler, SliceSet};
+use super::ema::Ema;
 use super::eval::{self, EvalError};
 use super::iscl::Iscl;
 use super::method::Method;
@@ -186,6 +187,18 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         }
     }
 
+    // The weight average (optim.ema) starts from the weights the run starts from
+    // and, on resume, continues from the checkpoint's.
+    let mut ema = if config.optim.ema > 0.0 {
+        let e = Ema::new(method.generator(), config.optim.ema, state.step)?;
+        if opts.resume {
+            e.load(&run.join(CHECKPOINT_DIR))?;
+        }
+        Some(e)
+    } else {
+        None
+    };
+
     let end = opts.max_steps.map_or(total, |m| m.min(total));
     let d = &config.data;
     let sampler = Sampler::new(
@@ -242,6 +255,9 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
                 state.step
             )));
         }
+        if let Some(e) = &mut ema {
+            e.update(method.generator())?;
+        }
         for (s, l) in state.epoch_sums.iter_mut().zip(&losses) {
             *s += l;
         }
@@ -267,10 +283,12 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
 
         let epoch_end = state.step.is_multiple_of(spe);
         let stop = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        // What the run deploys: the weight average when there is one.
+        let deployed = ema.as_ref().map_or(method.generator(), Ema::network);
         if epoch_end {
             let epoch = state.step / spe;
             let val = match &run_data.val {
-                Some(v) => Some(validate(method.generator(), &norm, v)?),
+                Some(v) => Some(validate(deployed, &norm, v)?),
                 None => None,
             };
             let means: Vec<f64> = state
@@ -311,22 +329,16 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
             state.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
             state.epoch_count = 0;
             let sample_set = run_data.val.as_ref().unwrap_or(&run_data.train);
-            write_sample(
-                method.generator(),
-                &norm,
-                sample_set,
-                &run.join(SAMPLES_DIR),
-                epoch,
-            )?;
+            write_sample(deployed, &norm, sample_set, &run.join(SAMPLES_DIR), epoch)?;
             if let Err(e) = plot::write_loss_png(&run.join(METRICS_FILE), &run.join(LOSS_PNG)) {
                 tracing::warn!("loss plot: {e}");
             }
             let every = config.schedule.checkpoint_every as u64;
             if epoch.is_multiple_of(every) || state.step == end || stop {
-                checkpoint(run, method.as_ref(), &state, &mut log)?;
+                checkpoint(run, method.as_ref(), ema.as_ref(), &state, &mut log)?;
             }
         } else if state.step == end || stop {
-            checkpoint(run, method.as_ref(), &state, &mut log)?;
+            checkpoint(run, method.as_ref(), ema.as_ref(), &state, &mut log)?;
         }
         if stop {
             interrupted = true;
@@ -545,10 +557,12 @@ fn run_record(
 }
 
 /// Writes the checkpoint atomically (a temporary folder renamed into place), then
-/// the generator at the top of the run folder.
+/// the deployed generator (the weight average when there is one) at the top of the
+/// run folder.
 fn checkpoint(
     run: &Path,
     method: &dyn Method,
+    ema: Option<&Ema>,
     state: &State,
     log: &mut RunLog,
 ) -> Result<(), TrainError> {
@@ -558,6 +572,9 @@ fn checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     method.save_checkpoint(&tmp)?;
+    if let Some(e) = ema {
+        e.save(&tmp)?;
+    }
     let json = serde_json::to_string_pretty(state).unwrap_or_default();
     std::fs::write(tmp.join(STATE_FILE), json).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&old);
@@ -566,7 +583,7 @@ fn checkpoint(
     }
     std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&old);
-    method.generator().save_dir(run)?;
+    ema.map_or(method.generator(), Ema::network).save_dir(run)?;
     log.line(&format!("checkpoint at step {}", state.step))
 }
 
