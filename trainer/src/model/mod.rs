@@ -413,6 +413,23 @@ impl Network {
         map
     }
 
+    /// A network with this one's architecture and backend whose variables are copies
+    /// of this one's (not shared): training either leaves the other alone.
+    pub fn deep_copy(&self) -> Result<Network, ModelError> {
+        let net = Self::build(
+            self.arch().clone(),
+            self.device(),
+            self.dtype(),
+            |spec, _| {
+                let var = self.var(&spec.name).ok_or_else(|| {
+                    ModelError::Unsupported(format!("no parameter {} to copy", spec.name))
+                })?;
+                Ok(Var::from_tensor(&var.as_tensor().copy()?)?)
+            },
+        )?;
+        Ok(net.with_backend(self.backend()))
+    }
+
     /// The forward pass in the network's current mode (see
     /// [`Network::set_training`]). `x` is `[N, input_channels, H, W]` with H and W
     /// that the architecture accepts ([`Arch::infer_shapes`]); see

@@ -14,8 +14,7 @@
 
 use std::path::Path;
 
-use candle_core::{Result, Var};
-use candle_nn::VarMap;
+use candle_core::Result;
 
 use crate::model::{ModelError, Network};
 
@@ -38,28 +37,7 @@ impl Ema {
         decay: f64,
         updates: u64,
     ) -> std::result::Result<Self, ModelError> {
-        let map = VarMap::new();
-        {
-            let data = map.data();
-            let mut data = data
-                .lock()
-                .map_err(|_| ModelError::Unsupported("a fresh VarMap's lock is poisoned".into()))?;
-            for (spec, var) in source.parameters() {
-                data.insert(
-                    spec.name.clone(),
-                    Var::from_tensor(&var.as_tensor().copy()?)?,
-                );
-            }
-        }
-        let net = Network::from_varmap(
-            source.arch().clone(),
-            &map,
-            source.device(),
-            source.dtype(),
-            Default::default(),
-            0,
-        )?
-        .with_backend(source.backend());
+        let net = source.deep_copy()?;
         Ok(Self {
             net,
             decay,
