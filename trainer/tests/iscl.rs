@@ -147,8 +147,9 @@ fn random_net(preset: &Preset, seed: u64) -> Network {
     net
 }
 
-#[test]
-fn the_denoiser_is_the_weighted_sum_of_f_and_the_bypass_over_live_weights() {
+/// F (ResNet ngf 4, 1 block) and H (U-Net base 4, depth 2, no tanh or global
+/// residual) with trained-looking weights, for the denoiser tests.
+fn tiny_f_and_h() -> (Network, Network) {
     let g_preset = Preset::Resnet(ResnetConfig {
         ngf: 4,
         n_blocks: 1,
@@ -161,8 +162,12 @@ fn the_denoiser_is_the_weighted_sum_of_f_and_the_bypass_over_live_weights() {
         global_residual: false,
         ..UnetConfig::default()
     });
-    let f = random_net(&g_preset, 11);
-    let h = random_net(&h_preset, 12);
+    (random_net(&g_preset, 11), random_net(&h_preset, 12))
+}
+
+#[test]
+fn the_denoiser_is_the_weighted_sum_of_f_and_the_bypass_over_live_weights() {
+    let (f, h) = tiny_f_and_h();
     let y = random_input((2, 1, 16, 16), 1);
     for gamma in [0.5, 0.3] {
         let d = denoiser(&f, &h, gamma).unwrap();
@@ -204,20 +209,7 @@ fn the_denoiser_is_the_weighted_sum_of_f_and_the_bypass_over_live_weights() {
 /// (nothing to compute or ship for it), and the output is still the weighted sum.
 #[test]
 fn the_denoiser_leaves_out_the_network_weighted_zero() {
-    let g_preset = Preset::Resnet(ResnetConfig {
-        ngf: 4,
-        n_blocks: 1,
-        ..ResnetConfig::default()
-    });
-    let h_preset = Preset::Unet(UnetConfig {
-        base: 4,
-        depth: 2,
-        tanh: false,
-        global_residual: false,
-        ..UnetConfig::default()
-    });
-    let f = random_net(&g_preset, 11);
-    let h = random_net(&h_preset, 12);
+    let (f, h) = tiny_f_and_h();
     let y = random_input((2, 1, 16, 16), 1);
     for (gamma, kept, params) in [
         (1.0, "f.", f.arch().parameter_count()),
