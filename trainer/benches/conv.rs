@@ -5,6 +5,7 @@
 //! cargo bench -p ldct-train --bench conv                 # everything below
 //! cargo bench -p ldct-train --bench conv -- layers       # per-layer forward / backward
 //! cargo bench -p ldct-train --bench conv -- layers --layer block --split --reps 9
+//! cargo bench -p ldct-train --bench conv -- unet-layers --backend fast --split
 //! cargo bench -p ldct-train --bench conv -- g512         # 512x512 generator forward
 //! cargo bench -p ldct-train --bench conv -- step --backend fast   # one backend per process,
 //! cargo bench -p ldct-train --bench conv -- step --backend candle # for its peak RSS
@@ -18,6 +19,8 @@
 //! loss's backward on a plain variable (autograd's own share); `--split` adds
 //! the input-only and weights-only backward; `--layer S` keeps layers whose name
 //! contains S.
+//! `unet-layers`: the same for every convolution shape of the default model's
+//! U-Net step (base 24, depth 4, noise-map input, batch 8 of 96x96).
 //! `g512`: inference of the resnet generator ngf 64, 9 blocks on one 512x512
 //! slice (`--reps`, default 2). `step`: two generators and two discriminators
 //! through a CycleGAN-shaped generator step and discriminator step (forward and
@@ -133,6 +136,35 @@ const LAYERS: &[Layer] = &[
 
 const BATCH: usize = 4;
 
+/// The default model's U-Net step (configs/default.toml: base 24, depth 4, a
+/// noise-map channel, batch 8 of 96x96): encoder level l at 96 / 2^l pixels
+/// with 24·2^l channels, a stride-2 down convolution into each level, a
+/// transposed up convolution out of each and two 3x3 convolutions per level on
+/// each side (the decoder's first on the concatenated skip).
+const UNET_LAYERS: &[Layer] = &[
+    conv("U enc0.conv1 2->24", 2, 24, 3, 1, 1, 96, false, 1),
+    conv("U 3x3 24->24 @96", 24, 24, 3, 1, 1, 96, true, 2),
+    conv("U dec1.conv1 48->24 @96", 48, 24, 3, 1, 1, 96, true, 1),
+    conv("U down 3x3/2 24->48", 24, 48, 3, 2, 1, 96, true, 1),
+    conv("U 3x3 48->48 @48", 48, 48, 3, 1, 1, 48, true, 2),
+    conv("U dec2.conv1 96->48 @48", 96, 48, 3, 1, 1, 48, true, 1),
+    conv("U down 3x3/2 48->96", 48, 96, 3, 2, 1, 48, true, 1),
+    conv("U 3x3 96->96 @24", 96, 96, 3, 1, 1, 24, true, 2),
+    conv("U dec3.conv1 192->96 @24", 192, 96, 3, 1, 1, 24, true, 1),
+    conv("U down 3x3/2 96->192", 96, 192, 3, 2, 1, 24, true, 1),
+    conv("U 3x3 192->192 @12", 192, 192, 3, 1, 1, 12, true, 2),
+    conv("U dec4.conv1 384->192 @12", 384, 192, 3, 1, 1, 12, true, 1),
+    conv("U down 3x3/2 192->384", 192, 384, 3, 2, 1, 12, true, 1),
+    conv("U 3x3 384->384 @6", 384, 384, 3, 1, 1, 6, true, 1),
+    tconv("U up T3x3/2 384->192", 384, 192, 6),
+    tconv("U up T3x3/2 192->96", 192, 96, 12),
+    tconv("U up T3x3/2 96->48", 96, 48, 24),
+    tconv("U up T3x3/2 48->24", 48, 24, 48),
+    conv("U head 1x1 24->1", 24, 1, 1, 1, 0, 96, true, 1),
+];
+
+const UNET_BATCH: usize = 8;
+
 impl Layer {
     fn run(&self, backend: ConvBackend, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         if self.transposed {
@@ -153,8 +185,14 @@ impl Layer {
     /// loss `(y · r).sum()` (the backward of the same loss on a variable of y's
     /// shape, measured alongside and subtracted). With `split`, also the net
     /// backward with only the input, and with only the weights, tracked.
-    fn bench(&self, backend: ConvBackend, reps: usize, split: bool) -> Result<(f64, f64)> {
-        let x = randn(&[BATCH, self.c_in, self.size, self.size], 1)?;
+    fn bench(
+        &self,
+        backend: ConvBackend,
+        batch: usize,
+        reps: usize,
+        split: bool,
+    ) -> Result<(f64, f64)> {
+        let x = randn(&[batch, self.c_in, self.size, self.size], 1)?;
         let wshape = if self.transposed {
             [self.c_in, self.c_out, self.k, self.k]
         } else {
@@ -194,9 +232,16 @@ fn ms(s: f64) -> String {
     format!("{:9.2}", s * 1e3)
 }
 
-fn layers(backends: &[ConvBackend], reps: usize, filter: Option<&str>, split: bool) -> Result<()> {
+fn layers(
+    set: &[Layer],
+    batch: usize,
+    backends: &[ConvBackend],
+    reps: usize,
+    filter: Option<&str>,
+    split: bool,
+) -> Result<()> {
     println!(
-        "per layer, batch {BATCH}, f32, best of {reps} (ms); bwd net of the loss's own backward; \
+        "per layer, batch {batch}, f32, best of {reps} (ms); bwd net of the loss's own backward; \
          x N = times per network pass"
     );
     let mut header = format!("{:<26} {:>4}", "layer", "N");
@@ -208,14 +253,14 @@ fn layers(backends: &[ConvBackend], reps: usize, filter: Option<&str>, split: bo
     }
     println!("{header}");
     let mut totals = vec![(0.0, 0.0); backends.len()];
-    for layer in LAYERS
+    for layer in set
         .iter()
         .filter(|l| filter.is_none_or(|f| l.name.contains(f)))
     {
         let mut line = format!("{:<26} {:>4}", layer.name, layer.count);
         let mut res = Vec::new();
         for (i, b) in backends.iter().enumerate() {
-            let (f, w) = layer.bench(*b, reps, split)?;
+            let (f, w) = layer.bench(*b, batch, reps, split)?;
             totals[i].0 += f * layer.count as f64;
             totals[i].1 += w * layer.count as f64;
             line += &format!(" {} {}", ms(f), ms(w));
@@ -226,7 +271,7 @@ fn layers(backends: &[ConvBackend], reps: usize, filter: Option<&str>, split: bo
         }
         println!("{line}");
     }
-    let mut line = format!("{:<26} {:>4}", "total (G + D, x N)", "");
+    let mut line = format!("{:<26} {:>4}", "total (x N)", "");
     for t in &totals {
         line += &format!(" {} {}", ms(t.0), ms(t.1));
     }
@@ -380,7 +425,22 @@ fn main() -> Result<()> {
     println!("rayon threads: {}", rayon::current_num_threads());
     for w in &what {
         match w.as_str() {
-            "layers" => layers(&backends, reps.unwrap_or(5), filter.as_deref(), split)?,
+            "layers" => layers(
+                LAYERS,
+                BATCH,
+                &backends,
+                reps.unwrap_or(5),
+                filter.as_deref(),
+                split,
+            )?,
+            "unet-layers" => layers(
+                UNET_LAYERS,
+                UNET_BATCH,
+                &backends,
+                reps.unwrap_or(5),
+                filter.as_deref(),
+                split,
+            )?,
             "g512" => g512(&backends, reps.unwrap_or(2))?,
             "step" => {
                 for &b in &backends {
@@ -394,7 +454,7 @@ fn main() -> Result<()> {
             }
             other => {
                 return Err(candle_core::Error::Msg(format!(
-                    "unknown bench `{other}` (layers, g512, step)"
+                    "unknown bench `{other}` (layers, unet-layers, g512, step)"
                 )))
             }
         }
