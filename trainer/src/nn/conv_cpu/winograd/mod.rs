@@ -1,0 +1,457 @@
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3, stride-1, undilated
+//! convolutions.
+//!
+//! Each m x m output tile is computed from the (m + 2) x (m + 2) input patch
+//! under it (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! 2016): with `U = G g Gᵀ` for every 3x3 kernel `g` and `V = Bᵀ d B` for every
+//! patch `d`, the tile is `Aᵀ [Σ_ci U ⊙ V] A`, and the sum over input channels is,
+//! for each of the (m + 2)² positions ξ of the transform, one GEMM `M_ξ (c_out x
+//! tiles) = U_ξ (c_out x c_in) · V_ξ (c_in x tiles)`.
+//!
+//! | variant      | module    | products per output | gathered data per input |
+//! |--------------|-----------|--------------------:|------------------------:|
+//! | im2col       |           | 9                   | 9x                      |
+//! | F(2x2, 3x3)  | [`f2x2`]  | 4                   | 4x                      |
+//! | F(4x4, 3x3)  | [`f4x4`]  | 2.25                | 2.25x                   |
+//!
+//! F(4x4, 3x3) runs where its larger tiles waste little of the output (see
+//! [`Variant::choose`]); its transforms, with the points 0, ±1, ±2, lose about
+//! one more decimal digit than F(2x2, 3x3)'s (relative error about 1e-6 in f32
+//! against 1e-7), far inside the kernels' tolerance against Candle (1e-4).
+//!
+//! Tasks take a block of tile rows of one sample (the transforms of a block take
+//! a few MiB), transform its patches, run the GEMMs and write its outputs;
+//! outputs outside the image (sizes that are not a multiple of m) are dropped,
+//! inputs outside it are the zero padding. The same routine computes the input
+//! gradient of a stride-1 convolution: a convolution of the output gradient with
+//! the kernels flipped and their channel axes swapped, with padding `2 - p`.
+
+mod f2x2;
+mod f4x4;
+
+use std::marker::PhantomData;
+
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat};
+use super::geom::{Float, Geom, SharedMut};
+use crate::nn::simd;
+
+/// Channels below which the transforms cost more than the products save.
+const MIN_CHANNELS: usize = 16;
+/// Elements of a task's transformed patches and products (`ξ·(c_in + c_out)`
+/// per tile).
+const BLOCK_ELEMS: usize = 1 << 20;
+
+/// Whether the forward of `g` runs here.
+pub fn applies(g: &Geom) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.dilation == 1
+        && g.c_in >= MIN_CHANNELS
+        && g.c_out >= MIN_CHANNELS
+}
+
+/// Whether the input gradient of `g` runs here (as the forward of
+/// [`transposed`]`(g)`).
+pub fn applies_to_data_grad(g: &Geom) -> bool {
+    applies(g) && g.padding <= 2
+}
+
+/// The convolution whose forward is the input gradient of `g` (stride 1, 3x3):
+/// from `B` to `A`, padding `2 - p`. Its kernel matrix is [`flip_kernels`].
+pub fn transposed(g: &Geom) -> Geom {
+    Geom {
+        n: g.n,
+        c_in: g.c_out,
+        h: g.ho,
+        w: g.wo,
+        c_out: g.c_in,
+        ho: g.h,
+        wo: g.w,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        padding: 2 - g.padding,
+        dilation: 1,
+    }
+}
+
+/// `K'[ci, co, ky, kx] = K[co, ci, 2 - ky, 2 - kx]` for `kmat [c_out, c_in, 3, 3]`.
+pub fn flip_kernels<T: Float>(kmat: &[T], c_out: usize, c_in: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; kmat.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            let src = &kmat[(co * c_in + ci) * 9..(co * c_in + ci + 1) * 9];
+            let dst = &mut out[(ci * c_out + co) * 9..(ci * c_out + co + 1) * 9];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    out
+}
+
+/// `U_ξ [c_out, c_in]` for every ξ of `V`: `G g Gᵀ` of every kernel. Kernels
+/// are transformed [`KERNEL_BLOCK`] at a time into a small buffer and written as
+/// one contiguous run per ξ (one kernel's values land in ξ planes MiBs apart).
+fn transform_kernels<T: Float, V: Variant>(g: &Geom, kmat: &[T]) -> Vec<T> {
+    const KERNEL_BLOCK: usize = 64;
+    let plane = g.c_out * g.c_in;
+    let mut u = vec![T::ZERO; V::XI * plane];
+    let mut block = [[T::ZERO; 36]; KERNEL_BLOCK];
+    for (b, ks) in kmat.chunks(9 * KERNEL_BLOCK).enumerate() {
+        let count = ks.len() / 9;
+        for (t, k) in block.iter_mut().zip(ks.chunks_exact(9)) {
+            *t = V::transform_kernel(k.try_into().expect("chunks of 9"));
+        }
+        let first = b * KERNEL_BLOCK;
+        for xi in 0..V::XI {
+            let run = &mut u[xi * plane + first..xi * plane + first + count];
+            for (o, t) in run.iter_mut().zip(&block) {
+                *o = t[xi];
+            }
+        }
+    }
+    u
+}
+
+/// One Winograd variant F(m x m, 3x3): its tile size and its three transforms.
+pub(super) trait Variant {
+    /// The output tile's side m.
+    const M: usize;
+    /// Transform positions ξ, (m + 2)²: the number of GEMMs.
+    const XI: usize;
+
+    /// `G g Gᵀ` of one 3x3 kernel (row-major `g`), its first [`Self::XI`]
+    /// values.
+    fn transform_kernel<T: Float>(k: &[T; 9]) -> [T; 36];
+
+    /// `V_ξ [c_in, tiles]`: `Bᵀ d B` of the patch under every tile of tile rows
+    /// `trows` of one sample `a [c_in, h, w]`, `tw` tiles per row; `v` holds
+    /// [`Self::XI`] blocks of `c_in x tiles`.
+    fn transform_patches<T: Float>(
+        g: &Geom,
+        a: &[T],
+        trows: std::ops::Range<usize>,
+        tw: usize,
+        v: &mut [T],
+    );
+
+    /// `Aᵀ M A` of every tile of tile rows `trows` (+ bias) into one sample's
+    /// output `b [c_out, ho, wo]`, dropping the pixels past its edge; `m` holds
+    /// [`Self::XI`] blocks of `c_out x tiles`.
+    ///
+    /// # Safety
+    ///
+    /// `b` must point to `c_out·ho·wo` writable elements whose rows `m·trows.start
+    /// .. m·trows.end` of every channel no one else accesses meanwhile.
+    unsafe fn write_tiles<T: Float>(
+        g: &Geom,
+        m: &[T],
+        trows: std::ops::Range<usize>,
+        tw: usize,
+        bias: Option<&[T]>,
+        b: *mut T,
+    );
+}
+
+/// F(4x4, 3x3) where the output is at least [`F4X4_MIN_SIDE`] pixels each way
+/// and its transform positions, `36·⌈ho/4⌉·⌈wo/4⌉`, are at most 0.8 of F(2x2,
+/// 3x3)'s `16·⌈ho/2⌉·⌈wo/2⌉` (its transforms cost more per position).
+fn use_f4x4(g: &Geom) -> bool {
+    let f4 = 36 * g.ho.div_ceil(4) * g.wo.div_ceil(4);
+    let f2 = 16 * g.ho.div_ceil(2) * g.wo.div_ceil(2);
+    g.ho.min(g.wo) >= F4X4_MIN_SIDE && 5 * f4 <= 4 * f2
+}
+
+/// The smallest output side F(4x4, 3x3) runs on: a task's GEMMs have one
+/// sample's tiles as columns, and below 6x6 tiles (a 24x24 output) F(4x4)'s
+/// 36 narrow GEMMs cost more than F(2x2)'s 16 wider ones (default model's
+/// U-Net step, 2 cores, AVX-512: F(4x4) from 24 pixels up 0.49 s, from 48 up
+/// 0.50 s, F(2x2) only 0.52 s).
+const F4X4_MIN_SIDE: usize = 24;
+
+/// `B = conv(A, K) (+ bias)` for a geometry where [`applies`] holds.
+pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> Vec<T> {
+    if use_f4x4(g) {
+        run::<T, f4x4::F4x4>(g, a, kmat, bias)
+    } else {
+        run::<T, f2x2::F2x2>(g, a, kmat, bias)
+    }
+}
+
+/// [`forward`] with the variant `V`.
+fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let mut b = vec![T::ZERO; g.n * g.b_len()];
+    if g.n == 0 || g.ho == 0 || g.wo == 0 {
+        return b;
+    }
+    let u = transform_kernels::<T, V>(g, kmat);
+    let tw = g.wo.div_ceil(V::M);
+    let tasks = tile_tasks(g, g.c_in + g.c_out, V::M, V::XI);
+    let parallel_gemm = tasks.len() < rayon::current_num_threads();
+    let out = SharedMut::new(b.as_mut_ptr());
+    tasks.par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(v, m): &mut (Vec<T>, Vec<T>), &(i, t0, t1)| {
+            let tiles = (t1 - t0) * tw;
+            v.resize(V::XI * g.c_in * tiles, T::ZERO);
+            m.resize(V::XI * g.c_out * tiles, T::ZERO);
+            let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+            simd::dispatch(Patches::<T, V> {
+                g,
+                a: a_i,
+                trows: t0..t1,
+                tw,
+                v,
+                variant: PhantomData,
+            });
+            for xi in 0..V::XI {
+                let lhs = Mat {
+                    ptr: u[xi * g.c_out * g.c_in..].as_ptr(),
+                    rs: g.c_in,
+                    cs: 1,
+                };
+                let rhs = Mat {
+                    ptr: v[xi * g.c_in * tiles..].as_ptr(),
+                    rs: tiles,
+                    cs: 1,
+                };
+                // SAFETY: m holds XI blocks of c_out x tiles; u holds XI blocks
+                // of c_out x c_in; v holds XI blocks of c_in x tiles.
+                unsafe {
+                    matmul(
+                        g.c_out,
+                        tiles,
+                        g.c_in,
+                        m[xi * g.c_out * tiles..].as_mut_ptr(),
+                        tiles,
+                        false,
+                        lhs,
+                        rhs,
+                        parallel_gemm,
+                    )
+                };
+            }
+            let b_i = out.get().wrapping_add(i * g.b_len());
+            // SAFETY: `b` outlives the tasks, sample i starts at i·b_len, and
+            // this task alone writes its output rows m·t0 .. m·t1 (blocks of tile
+            // rows are disjoint).
+            simd::dispatch(Tiles::<T, V> {
+                g,
+                m,
+                trows: t0..t1,
+                tw,
+                bias,
+                b: b_i,
+                variant: PhantomData,
+            });
+        },
+    );
+    b
+}
+
+/// [`Variant::transform_patches`] as a [`simd::Kernel`].
+struct Patches<'a, T, V> {
+    g: &'a Geom,
+    a: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    v: &'a mut [T],
+    variant: PhantomData<V>,
+}
+
+impl<T: Float, V: Variant> simd::Kernel for Patches<'_, T, V> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        V::transform_patches(self.g, self.a, self.trows, self.tw, self.v)
+    }
+}
+
+/// [`Variant::write_tiles`] as a [`simd::Kernel`]; `b` as it requires.
+struct Tiles<'a, T, V> {
+    g: &'a Geom,
+    m: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    bias: Option<&'a [T]>,
+    b: *mut T,
+    variant: PhantomData<V>,
+}
+
+impl<T: Float, V: Variant> simd::Kernel for Tiles<'_, T, V> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        // SAFETY: the creator of a Tiles upholds write_tiles' contract for `b`.
+        unsafe { V::write_tiles(self.g, self.m, self.trows, self.tw, self.bias, self.b) }
+    }
+}
+
+/// Tiles transformed together (lane-wise array arithmetic that vectorises).
+const LANES: usize = 8;
+
+type Lanes<T> = [T; LANES];
+
+#[inline(always)]
+fn lanes<T: Float>(f: impl FnMut(usize) -> T) -> Lanes<T> {
+    std::array::from_fn(f)
+}
+
+/// `dst.copy_from_slice(&src[..dst.len()])`, as one fixed-size vector copy when
+/// `dst` has all [`LANES`] (a copy of a run-time length is a call to memcpy).
+#[inline(always)]
+fn copy_lanes<T: Float>(dst: &mut [T], src: &[T]) {
+    if let (Ok(d), Some(s)) = (
+        <&mut Lanes<T>>::try_from(&mut *dst),
+        src.get(..LANES).and_then(|s| <&Lanes<T>>::try_from(s).ok()),
+    ) {
+        *d = *s;
+    } else {
+        let n = dst.len();
+        dst.copy_from_slice(&src[..n]);
+    }
+}
+
+/// Tasks of tile rows (tiles of side `m`, `xi` transform positions): (sample,
+/// first tile row, end tile row), blocks of at most [`BLOCK_ELEMS`] transformed
+/// elements, at least two tasks per thread where the image allows.
+fn tile_tasks(g: &Geom, channels: usize, m: usize, xi: usize) -> Vec<(usize, usize, usize)> {
+    let (th, tw) = (g.ho.div_ceil(m), g.wo.div_ceil(m));
+    let threads = rayon::current_num_threads();
+    let rows = (BLOCK_ELEMS / (xi * channels * tw).max(1))
+        .clamp(1, th.max(1))
+        .min((g.n * th).div_ceil(2 * threads).max(1));
+    (0..g.n)
+        .flat_map(|i| {
+            (0..th)
+                .step_by(rows)
+                .map(move |t0| (i, t0, (t0 + rows).min(th)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `B = conv(A, K) + bias` written out (zero padding), in f64.
+    fn naive(g: &Geom, a: &[f64], k: &[f64], bias: &[f64]) -> Vec<f64> {
+        let mut b = vec![0.0; g.n * g.b_len()];
+        for i in 0..g.n {
+            for co in 0..g.c_out {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let mut s = bias[co];
+                        for ci in 0..g.c_in {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let y = (oy + ky) as isize - g.padding as isize;
+                                    let x = (ox + kx) as isize - g.padding as isize;
+                                    if y < 0 || x < 0 || y >= g.h as isize || x >= g.w as isize {
+                                        continue;
+                                    }
+                                    s += k[((co * g.c_in + ci) * 3 + ky) * 3 + kx]
+                                        * a[((i * g.c_in + ci) * g.h + y as usize) * g.w
+                                            + x as usize];
+                                }
+                            }
+                        }
+                        b[((i * g.c_out + co) * g.ho + oy) * g.wo + ox] = s;
+                    }
+                }
+            }
+        }
+        b
+    }
+
+    /// A deterministic pseudo-random vector in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    fn geom(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, padding: usize) -> Geom {
+        Geom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            ho: h + 2 * padding - 2,
+            wo: w + 2 * padding - 2,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding,
+            dilation: 1,
+        }
+    }
+
+    /// Both variants against the convolution written out: sizes that are and are
+    /// not multiples of the tiles, blocks of full and ragged lanes (over 8 tiles
+    /// per row), paddings 0 to 2, in f64 (to rounding) and f32 (to 1e-5 of the
+    /// largest output).
+    #[test]
+    fn both_variants_match_the_convolution_written_out() {
+        let shapes = [
+            (2, 3, 5, 7, 9, 1),
+            (1, 4, 2, 6, 6, 0),
+            (2, 2, 3, 37, 35, 1),
+            (1, 3, 4, 26, 45, 2),
+            (3, 2, 2, 13, 4, 1),
+        ];
+        for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
+            let g = geom(n, c_in, c_out, h, w, p);
+            let a = values(n * g.a_len(), 3 * s as u64 + 1);
+            let k = values(c_out * c_in * 9, 3 * s as u64 + 2);
+            let bias = values(c_out, 3 * s as u64 + 3);
+            let want = naive(&g, &a, &k, &bias);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (name, got) in [
+                ("F(2x2)", run::<f64, f2x2::F2x2>(&g, &a, &k, Some(&bias))),
+                ("F(4x4)", run::<f64, f4x4::F4x4>(&g, &a, &k, Some(&bias))),
+            ] {
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(d <= 1e-12 * scale, "{name} {g:?}: f64 differs by {d:e}");
+            }
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (a32, k32, b32) = (f(&a), f(&k), f(&bias));
+            for (name, got) in [
+                ("F(2x2)", run::<f32, f2x2::F2x2>(&g, &a32, &k32, Some(&b32))),
+                ("F(4x4)", run::<f32, f4x4::F4x4>(&g, &a32, &k32, Some(&b32))),
+            ] {
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+                assert!(d <= 1e-5 * scale, "{name} {g:?}: f32 differs by {d:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn f4x4_runs_on_outputs_from_24_pixels_where_it_saves_positions() {
+        assert!(!use_f4x4(&geom(1, 16, 16, 6, 6, 1)));
+        assert!(!use_f4x4(&geom(1, 16, 16, 12, 12, 1)));
+        assert!(!use_f4x4(&geom(1, 16, 16, 23, 96, 1)));
+        assert!(use_f4x4(&geom(1, 16, 16, 24, 24, 1)));
+        assert!(use_f4x4(&geom(1, 16, 16, 96, 96, 1)));
+        // 25 pixels: 7 tiles of 4 (3 outputs wasted) against 13 of 2; still fewer
+        // positions (1764 against 2704).
+        assert!(use_f4x4(&geom(1, 16, 16, 25, 25, 1)));
+    }
+}
