@@ -114,6 +114,9 @@ pub struct Network {
     node_inputs: Vec<Vec<Option<usize>>>,
     /// For each node: the last node that reads it (so inference can free it).
     last_use: Vec<usize>,
+    /// For each node: a convolution whose only reader is a ReLU, run as one op
+    /// with it (`ConvBackend::conv2d_relu`); that ReLU node passes its input on.
+    relu_fused: Vec<bool>,
     device: Device,
     dtype: DType,
     backend: ConvBackend,
@@ -284,9 +287,21 @@ impl Network {
             })
             .collect();
         let mut last_use: Vec<usize> = (0..arch.nodes.len()).collect();
+        let mut readers = vec![0usize; arch.nodes.len()];
         for (i, inputs) in node_inputs.iter().enumerate() {
             for j in inputs.iter().flatten() {
                 last_use[*j] = i;
+                readers[*j] += 1;
+            }
+        }
+        let mut relu_fused = vec![false; arch.nodes.len()];
+        for (node, inputs) in arch.nodes.iter().zip(&node_inputs) {
+            if let (Op::Relu, [Some(j)]) = (&node.op, inputs.as_slice()) {
+                let conv = matches!(
+                    arch.nodes[*j].op,
+                    Op::Conv2d { .. } | Op::ConvTranspose2d { .. }
+                );
+                relu_fused[*j] = conv && readers[*j] == 1;
             }
         }
         Ok(Network {
@@ -296,6 +311,7 @@ impl Network {
             node_params,
             node_inputs,
             last_use,
+            relu_fused,
             device: device.clone(),
             dtype,
             backend: ConvBackend::default(),
@@ -593,7 +609,17 @@ impl Network {
                 .map(|&k| self.param(k, detach))
                 .collect();
             let a = inputs[0];
+            let fused = self.relu_fused[i];
             let y = match node.op {
+                Op::Conv2d {
+                    stride,
+                    padding,
+                    dilation,
+                    ..
+                } if fused => {
+                    self.backend
+                        .conv2d_relu(a, &p[0], p.get(1), stride, padding, dilation)?
+                }
                 Op::Conv2d {
                     stride,
                     padding,
@@ -602,6 +628,19 @@ impl Network {
                 } => self
                     .backend
                     .conv2d(a, &p[0], p.get(1), stride, padding, dilation)?,
+                Op::ConvTranspose2d {
+                    stride,
+                    padding,
+                    output_padding,
+                    ..
+                } if fused => self.backend.conv_transpose2d_relu(
+                    a,
+                    &p[0],
+                    p.get(1),
+                    stride,
+                    padding,
+                    output_padding,
+                )?,
                 Op::ConvTranspose2d {
                     stride,
                     padding,
@@ -646,6 +685,10 @@ impl Network {
                             eps,
                         )?
                     }
+                }
+                // Its convolution applied it (`relu_fused`).
+                Op::Relu if matches!(self.node_inputs[i].as_slice(), [Some(j)] if self.relu_fused[*j]) => {
+                    a.clone()
                 }
                 Op::Relu => self.backend.relu(a)?,
                 Op::LeakyRelu { slope } => candle_nn::ops::leaky_relu(a, slope)?,

@@ -67,6 +67,48 @@ impl ConvBackend {
         add_bias(y, bias)
     }
 
+    /// [`ConvBackend::conv2d`] then [`ConvBackend::relu`]; with `fast`, one op
+    /// ([`conv_cpu::conv2d_relu`]: no separate ReLU tensor or autograd node).
+    pub fn conv2d_relu(
+        self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<Tensor> {
+        if self.fast_for(x) {
+            return conv_cpu::conv2d_relu(x, weight, bias, stride, padding, dilation);
+        }
+        self.relu(&self.conv2d(x, weight, bias, stride, padding, dilation)?)
+    }
+
+    /// [`ConvBackend::conv_transpose2d`] then [`ConvBackend::relu`]; with `fast`,
+    /// one op ([`conv_cpu::conv_transpose2d_relu`]).
+    pub fn conv_transpose2d_relu(
+        self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+        output_padding: usize,
+    ) -> Result<Tensor> {
+        if self.fast_for(x) {
+            return conv_cpu::conv_transpose2d_relu(
+                x,
+                weight,
+                bias,
+                stride,
+                padding,
+                output_padding,
+                1,
+            );
+        }
+        self.relu(&self.conv_transpose2d(x, weight, bias, stride, padding, output_padding)?)
+    }
+
     /// ReLU: with `fast`, the one-pass CPU op of [`crate::nn::relu`] (its backward is
     /// one pass too); Candle's otherwise.
     pub fn relu(self, x: &Tensor) -> Result<Tensor> {

@@ -30,6 +30,84 @@ struct Relu;
 
 struct ReluGrad;
 
+/// `dy` where the ReLU's output is positive, else 0: the gradient through a ReLU
+/// fused into the op before it ([`crate::nn::conv_cpu::conv2d_relu`]), which keeps
+/// only its output.
+struct ReluOutputGrad;
+
+/// `max(v, 0)` in place, split over the thread pool.
+pub(crate) fn relu_in_place<T: WithDType + Send + Sync>(v: &mut [T]) {
+    v.par_chunks_mut(CHUNK)
+        .for_each(|chunk| simd::dispatch(InPlace { v: chunk }));
+}
+
+struct InPlace<'a, T> {
+    v: &'a mut [T],
+}
+
+impl<T: WithDType> Kernel for InPlace<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for x in self.v.iter_mut() {
+            if *x <= T::zero() {
+                *x = T::zero();
+            }
+        }
+    }
+}
+
+/// `grad` where `out > 0`, else 0 (`out` a ReLU's output), on f32 / f64 CPU
+/// tensors of one shape.
+pub(crate) fn grad_where_positive(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?
+        .apply_op2_no_bwd(&out.contiguous()?, &ReluOutputGrad)
+}
+
+impl CustomOp2 for ReluOutputGrad {
+    fn name(&self) -> &'static str {
+        "ldct-relu-output-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!(
+                "ldct-relu-output-grad: {:?} vs {:?}",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(y)) => {
+                CpuStorage::F32(map2(contiguous(g, l1)?, contiguous(y, l2)?, |g, y| {
+                    if y > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    }
+                }))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(y)) => {
+                CpuStorage::F64(map2(contiguous(g, l1)?, contiguous(y, l2)?, |g, y| {
+                    if y > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    }
+                }))
+            }
+            _ => bail!("ldct-relu-output-grad: f32 or f64 operands of one dtype"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// `out[i] = f(a[i], b[i])` over chunks, in parallel.
 struct Map2<'a, T, F> {
     a: &'a [T],

@@ -57,6 +57,35 @@ pub fn conv2d(
     padding: usize,
     dilation: usize,
 ) -> Result<Tensor> {
+    let op = conv2d_op(x, weight, bias, stride, padding, dilation)?;
+    apply(x, weight, bias, op)
+}
+
+/// [`conv2d`] followed by a ReLU, in one op: the output is clamped where it is
+/// written, and the backward masks the output gradient where the output is not
+/// positive (PyTorch's `threshold_backward`; Candle's `relu` lets the gradient
+/// through at an input of exactly 0 as well) before the convolution's own
+/// backward. One tensor and one autograd node fewer than the two ops.
+pub fn conv2d_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let op = conv2d_op(x, weight, bias, stride, padding, dilation)?;
+    apply(x, weight, bias, ConvOp { relu: true, ..op })
+}
+
+fn conv2d_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Result<ConvOp> {
     let (n, c_in, h, w) = x.dims4()?;
     let (c_out, c_in_k, kh, kw) = weight.dims4()?;
     if c_in != c_in_k {
@@ -86,15 +115,11 @@ pub fn conv2d(
         padding,
         dilation,
     };
-    apply(
-        x,
-        weight,
-        bias,
-        ConvOp {
-            geom,
-            transposed: false,
-        },
-    )
+    Ok(ConvOp {
+        geom,
+        transposed: false,
+        relu: false,
+    })
 }
 
 /// 2-D transposed convolution as Candle's `conv_transpose2d`, plus an optional
@@ -110,6 +135,35 @@ pub fn conv_transpose2d(
     output_padding: usize,
     dilation: usize,
 ) -> Result<Tensor> {
+    let op = conv_transpose2d_op(x, weight, bias, stride, padding, output_padding, dilation)?;
+    apply(x, weight, bias, op)
+}
+
+/// [`conv_transpose2d`] followed by a ReLU, in one op (as [`conv2d_relu`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let op = conv_transpose2d_op(x, weight, bias, stride, padding, output_padding, dilation)?;
+    apply(x, weight, bias, ConvOp { relu: true, ..op })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_transpose2d_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    dilation: usize,
+) -> Result<ConvOp> {
     let (n, c_in, h, w) = x.dims4()?;
     let (c_in_k, c_out, kh, kw) = weight.dims4()?;
     if c_in != c_in_k {
@@ -138,15 +192,11 @@ pub fn conv_transpose2d(
         padding,
         dilation,
     };
-    apply(
-        x,
-        weight,
-        bias,
-        ConvOp {
-            geom,
-            transposed: true,
-        },
-    )
+    Ok(ConvOp {
+        geom,
+        transposed: true,
+        relu: false,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -270,10 +320,11 @@ impl Pass {
 }
 
 /// A convolution (or transposed convolution) with autograd: `(x, weight)` or
-/// `(x, weight, bias)`.
+/// `(x, weight, bias)`, followed by a ReLU when `relu`.
 struct ConvOp {
     geom: Geom,
     transposed: bool,
+    relu: bool,
 }
 
 impl ConvOp {
@@ -285,15 +336,39 @@ impl ConvOp {
         }
     }
 
-    /// The gradients of the tracked arguments.
+    /// The forward pass, then the ReLU in place when `relu`.
+    fn cpu_forward(
+        &self,
+        first: (&CpuStorage, &Layout),
+        second: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut out, shape) = self.forward_pass().cpu(&self.geom, first, second, bias)?;
+        if self.relu {
+            match &mut out {
+                CpuStorage::F32(v) => crate::nn::relu::relu_in_place(v),
+                CpuStorage::F64(v) => crate::nn::relu::relu_in_place(v),
+                _ => bail!("the fast convolution kernels take f32 or f64"),
+            }
+        }
+        Ok((out, shape))
+    }
+
+    /// The gradients of the tracked arguments; `out` is the op's output (the
+    /// ReLU's mask when `relu`).
     fn grads(
         &self,
         x: &Tensor,
         weight: &Tensor,
         bias: Option<&Tensor>,
+        out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = if self.relu {
+            crate::nn::relu::grad_where_positive(grad, out)?
+        } else {
+            grad.contiguous()?
+        };
         let kernel = |pass| Kernel {
             geom: self.geom,
             pass,
@@ -328,10 +403,11 @@ impl ConvOp {
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
-        if self.transposed {
-            "ldct-conv-transpose2d"
-        } else {
-            "ldct-conv2d"
+        match (self.transposed, self.relu) {
+            (true, false) => "ldct-conv-transpose2d",
+            (true, true) => "ldct-conv-transpose2d-relu",
+            (false, false) => "ldct-conv2d",
+            (false, true) => "ldct-conv2d-relu",
         }
     }
 
@@ -342,28 +418,28 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.forward_pass()
-            .cpu(&self.geom, (s1, l1), (s2, l2), None)
+        self.cpu_forward((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, weight, None, grad)?;
+        let (dx, dw, _) = self.grads(x, weight, None, res, grad)?;
         Ok((dx, dw))
     }
 }
 
 impl CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
-        if self.transposed {
-            "ldct-conv-transpose2d-bias"
-        } else {
-            "ldct-conv2d-bias"
+        match (self.transposed, self.relu) {
+            (true, false) => "ldct-conv-transpose2d-bias",
+            (true, true) => "ldct-conv-transpose2d-bias-relu",
+            (false, false) => "ldct-conv2d-bias",
+            (false, true) => "ldct-conv2d-bias-relu",
         }
     }
 
@@ -376,8 +452,7 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.forward_pass()
-            .cpu(&self.geom, (s1, l1), (s2, l2), Some((s3, l3)))
+        self.cpu_forward((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
@@ -385,10 +460,10 @@ impl CustomOp3 for ConvOp {
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, weight, Some(bias), grad)
+        self.grads(x, weight, Some(bias), res, grad)
     }
 }
 
