@@ -28,12 +28,13 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 struct Relu;
 
-struct ReluGrad;
-
-/// `dy` where the ReLU's output is positive, else 0: the gradient through a ReLU
-/// fused into the op before it ([`crate::nn::conv_cpu::conv2d_relu`]), which keeps
-/// only its output.
-struct ReluOutputGrad;
+/// The gradient through a ReLU, `(dy, v) -> dy` where the ReLU lets it through,
+/// else 0: with `v` its input, where `v >= 0` (Candle's rule); with `v` its output
+/// (a ReLU fused into the op before it, [`crate::nn::conv_cpu::conv2d_relu`],
+/// which keeps only its output), where `v > 0` (PyTorch's `threshold_backward`).
+struct ReluGrad {
+    of_output: bool,
+}
 
 /// `max(v, 0)` in place, split over the thread pool.
 pub(crate) fn relu_in_place<T: WithDType + Send + Sync>(v: &mut [T]) {
@@ -61,51 +62,7 @@ impl<T: WithDType> Kernel for InPlace<'_, T> {
 /// tensors of one shape.
 pub(crate) fn grad_where_positive(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
     grad.contiguous()?
-        .apply_op2_no_bwd(&out.contiguous()?, &ReluOutputGrad)
-}
-
-impl CustomOp2 for ReluOutputGrad {
-    fn name(&self) -> &'static str {
-        "ldct-relu-output-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            bail!(
-                "ldct-relu-output-grad: {:?} vs {:?}",
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(y)) => {
-                CpuStorage::F32(map2(contiguous(g, l1)?, contiguous(y, l2)?, |g, y| {
-                    if y > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(y)) => {
-                CpuStorage::F64(map2(contiguous(g, l1)?, contiguous(y, l2)?, |g, y| {
-                    if y > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
-            }
-            _ => bail!("ldct-relu-output-grad: f32 or f64 operands of one dtype"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
+        .apply_op2_no_bwd(&out.contiguous()?, &ReluGrad { of_output: true })
 }
 
 /// `out[i] = f(a[i], b[i])` over chunks, in parallel.
@@ -166,7 +123,21 @@ impl CustomOp1 for Relu {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        Ok(Some(grad.apply_op2_no_bwd(&arg.contiguous()?, &ReluGrad)?))
+        Ok(Some(grad.apply_op2_no_bwd(
+            &arg.contiguous()?,
+            &ReluGrad { of_output: false },
+        )?))
+    }
+}
+
+impl ReluGrad {
+    fn apply<T: WithDType + Send + Sync>(&self, g: &[T], v: &[T]) -> Vec<T> {
+        let zero = T::zero();
+        if self.of_output {
+            map2(g, v, move |g, v| if v > zero { g } else { zero })
+        } else {
+            map2(g, v, move |g, v| if v >= zero { g } else { zero })
+        }
     }
 }
 
@@ -186,23 +157,11 @@ impl CustomOp2 for ReluGrad {
             bail!("ldct-relu-grad: {:?} vs {:?}", l1.shape(), l2.shape())
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(x)) => {
-                CpuStorage::F32(map2(contiguous(g, l1)?, contiguous(x, l2)?, |g, x| {
-                    if x >= 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
+            (CpuStorage::F32(g), CpuStorage::F32(v)) => {
+                CpuStorage::F32(self.apply(contiguous(g, l1)?, contiguous(v, l2)?))
             }
-            (CpuStorage::F64(g), CpuStorage::F64(x)) => {
-                CpuStorage::F64(map2(contiguous(g, l1)?, contiguous(x, l2)?, |g, x| {
-                    if x >= 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
+            (CpuStorage::F64(g), CpuStorage::F64(v)) => {
+                CpuStorage::F64(self.apply(contiguous(g, l1)?, contiguous(v, l2)?))
             }
             _ => bail!("ldct-relu-grad: f32 or f64 operands of one dtype"),
         };
