@@ -9,7 +9,7 @@ use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, Var};
 use ldct_proto::arch::{Arch, Norm, PatchganConfig, Preset, ResnetConfig, UnetConfig};
 use ldct_train::model::{Init, Network};
 use ldct_train::nn::simd::{self, Isa};
-use ldct_train::nn::{conv_cpu, gradcheck::check_gradients, ConvBackend};
+use ldct_train::nn::{conv_cpu, gradcheck::check_gradients, ConvBackend, Rectifier};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -681,60 +681,64 @@ fn fast_backend_trains_on_any_size() -> Result<()> {
     Ok(())
 }
 
-/// A convolution and its ReLU as one op (`conv2d_relu`, `conv_transpose2d_relu`)
-/// against Candle's convolution, bias and `relu` as separate ops: equal outputs
-/// and gradients for x, w and b, f32 and f64, Winograd, im2col, strided and
-/// transposed layers.
+/// A convolution and its ReLU or leaky ReLU as one op (`conv2d_rectified`,
+/// `conv_transpose2d_rectified`) against Candle's convolution, bias and `relu` /
+/// `leaky_relu` as separate ops: equal outputs and gradients for x, w and b, f32
+/// and f64, Winograd, im2col, strided and transposed layers.
 #[test]
-fn fused_relu_matches_candles_convolution_then_relu() -> Result<()> {
+fn fused_rectifier_matches_candles_convolution_then_relu() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(31);
-    for dtype in [DType::F32, DType::F64] {
-        // (transposed, c_in, c_out, size, stride, padding, output_padding)
-        for (transposed, c_in, c_out, size, stride, padding, op) in [
-            (false, 16, 24, 26, 1, 1, 0),
-            (false, 3, 8, 9, 2, 1, 0),
-            (false, 5, 6, 7, 1, 0, 0),
-            (true, 8, 6, 5, 2, 1, 1),
-        ] {
-            // Non-square where Candle's backward allows it (not stride 2 with H
-            // and W of different parities).
-            let w_len = if stride == 1 { size + 1 } else { size };
-            let x = Var::from_tensor(&randn(&[2, c_in, size, w_len], dtype, &mut rng))?;
-            let wshape = if transposed {
-                [c_in, c_out, 3, 3]
-            } else {
-                [c_out, c_in, 3, 3]
-            };
-            let w = Var::from_tensor(&(randn(&wshape, dtype, &mut rng) * 0.2)?)?;
-            let b = Var::from_tensor(&randn(&[c_out], dtype, &mut rng))?;
-            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-            let fused = if transposed {
-                conv_cpu::conv_transpose2d_relu(xt, wt, Some(bt), stride, padding, op, 1)?
-            } else {
-                conv_cpu::conv2d_relu(xt, wt, Some(bt), stride, padding, 1)?
-            };
-            let plain = if transposed {
-                xt.conv_transpose2d(wt, padding, op, stride, 1)?
-            } else {
-                xt.conv2d(wt, padding, stride, 1, 1)?
-            };
-            let reference = plain
-                .broadcast_add(&bt.reshape((1, c_out, 1, 1))?)?
-                .relu()?;
-            let d = rel_diff(&fused, &reference);
-            assert!(
-                d <= tol(dtype),
-                "{transposed} {c_in}->{c_out} {dtype:?}: forward {d:e}"
-            );
-            let r = randn(fused.dims(), dtype, &mut rng);
-            let g1 = (fused * &r)?.sum_all()?.backward()?;
-            let g2 = (reference * &r)?.sum_all()?.backward()?;
-            for (name, v) in [("x", xt), ("w", wt), ("b", bt)] {
-                let d = rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(
-                    d <= tol(dtype),
-                    "{transposed} {c_in}->{c_out} {dtype:?}: d{name} {d:e}"
-                );
+    for r in [Rectifier::RELU, Rectifier::leaky(0.2)] {
+        for dtype in [DType::F32, DType::F64] {
+            // (transposed, c_in, c_out, size, stride, padding, output_padding)
+            for (transposed, c_in, c_out, size, stride, padding, op) in [
+                (false, 16, 24, 26, 1, 1, 0),
+                (false, 3, 8, 9, 2, 1, 0),
+                (false, 5, 6, 7, 1, 0, 0),
+                (true, 8, 6, 5, 2, 1, 1),
+            ] {
+                // Non-square where Candle's backward allows it (not stride 2 with H
+                // and W of different parities).
+                let w_len = if stride == 1 { size + 1 } else { size };
+                let x = Var::from_tensor(&randn(&[2, c_in, size, w_len], dtype, &mut rng))?;
+                let wshape = if transposed {
+                    [c_in, c_out, 3, 3]
+                } else {
+                    [c_out, c_in, 3, 3]
+                };
+                let w = Var::from_tensor(&(randn(&wshape, dtype, &mut rng) * 0.2)?)?;
+                let b = Var::from_tensor(&randn(&[c_out], dtype, &mut rng))?;
+                let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+                let fused = if transposed {
+                    conv_cpu::conv_transpose2d_rectified(
+                        xt,
+                        wt,
+                        Some(bt),
+                        stride,
+                        padding,
+                        op,
+                        1,
+                        r,
+                    )?
+                } else {
+                    conv_cpu::conv2d_rectified(xt, wt, Some(bt), stride, padding, 1, r)?
+                };
+                let plain = if transposed {
+                    xt.conv_transpose2d(wt, padding, op, stride, 1)?
+                } else {
+                    xt.conv2d(wt, padding, stride, 1, 1)?
+                };
+                let reference = r.candle(&plain.broadcast_add(&bt.reshape((1, c_out, 1, 1))?)?)?;
+                let what = format!("{r:?} {transposed} {c_in}->{c_out} {dtype:?}");
+                let d = rel_diff(&fused, &reference);
+                assert!(d <= tol(dtype), "{what}: forward {d:e}");
+                let g = randn(fused.dims(), dtype, &mut rng);
+                let g1 = (fused * &g)?.sum_all()?.backward()?;
+                let g2 = (reference * &g)?.sum_all()?.backward()?;
+                for (name, v) in [("x", xt), ("w", wt), ("b", bt)] {
+                    let d = rel_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                    assert!(d <= tol(dtype), "{what}: d{name} {d:e}");
+                }
             }
         }
     }

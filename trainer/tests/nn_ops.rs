@@ -2,7 +2,7 @@
 //! gradient checks; and Candle 0.11's conv2d stride/parity backward bug.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use ldct_train::nn::{self, gradcheck::check_gradients};
+use ldct_train::nn::{self, gradcheck::check_gradients, Rectifier};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -147,6 +147,37 @@ fn instance_norm_gradient_check_fused_reference_and_affine() -> Result<()> {
         .backward()?;
     let d = max_diff(g1.get(&x32).unwrap(), g2.get(&x32).unwrap());
     assert!(d < 1e-5, "fused vs reference f32 gradient differ by {d}");
+    Ok(())
+}
+
+/// Instance norm + ReLU / leaky ReLU as one op against the reference norm then
+/// Candle's `relu` / `leaky_relu`: values and input gradients (f64, f32), and an
+/// f64 finite-difference check of the fused op.
+#[test]
+fn instance_norm_rectified_matches_the_two_ops_and_gradient_check() -> Result<()> {
+    for r in [Rectifier::RELU, Rectifier::leaky(0.2)] {
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(&((randn(&[3, 4, 6, 5], 13) * 2.0)? + 0.4)?.to_dtype(dtype)?)?;
+            let g = randn(&[3, 4, 6, 5], 14).to_dtype(dtype)?;
+            let fused = nn::instance_norm_rectified(&x, 1e-5, r)?;
+            let reference = r.candle(&nn::instance_norm_reference(&x, 1e-5)?)?;
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            assert!(max_diff(&fused, &reference) < tol, "{r:?} {dtype:?}");
+            let g1 = (fused * &g)?.sum_all()?.backward()?;
+            let g2 = (reference * &g)?.sum_all()?.backward()?;
+            let d = max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+            assert!(d < tol * 10.0, "{r:?} {dtype:?}: gradients differ by {d}");
+        }
+        let x = Var::from_tensor(&((randn(&[2, 3, 4, 5], 15) * 2.0)? + 0.3)?)?;
+        let check = check_gradients(
+            &[("x", &x)],
+            || project(&nn::instance_norm_rectified(&x, 1e-5, r)?, 16),
+            EPS,
+            usize::MAX,
+        )?;
+        eprintln!("instance norm + {r:?}: {check}");
+        assert!(check.passes(1e-7, 1e-5), "{r:?}: {check}");
+    }
     Ok(())
 }
 

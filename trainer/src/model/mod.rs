@@ -31,7 +31,7 @@ use candle_nn::VarMap;
 use ldct_proto::arch::{Arch, ArchError, Op, ParamSpec, UpsampleMode, INPUT};
 use ndarray::Array2;
 
-use crate::nn::{self, ConvBackend};
+use crate::nn::{self, ConvBackend, Rectifier};
 
 pub use init::Init;
 pub use weights::{WeightsMismatch, ARCH_FILE, WEIGHTS_FILE};
@@ -114,9 +114,13 @@ pub struct Network {
     node_inputs: Vec<Vec<Option<usize>>>,
     /// For each node: the last node that reads it (so inference can free it).
     last_use: Vec<usize>,
-    /// For each node: a convolution whose only reader is a ReLU, run as one op
-    /// with it (`ConvBackend::conv2d_relu`); that ReLU node passes its input on.
-    relu_fused: Vec<bool>,
+    /// For each node: the rectifier it applies itself, when it is a convolution or
+    /// an instance norm (no affine) whose only reader is a ReLU or leaky ReLU
+    /// (`ConvBackend::conv2d_rectified`, `instance_norm_rectified`).
+    fused_act: Vec<Option<Rectifier>>,
+    /// For each node: a ReLU or leaky ReLU that its input node applied
+    /// (`fused_act`), which passes that input on.
+    passes_on: Vec<bool>,
     device: Device,
     dtype: DType,
     backend: ConvBackend,
@@ -294,14 +298,26 @@ impl Network {
                 readers[*j] += 1;
             }
         }
-        let mut relu_fused = vec![false; arch.nodes.len()];
-        for (node, inputs) in arch.nodes.iter().zip(&node_inputs) {
-            if let (Op::Relu, [Some(j)]) = (&node.op, inputs.as_slice()) {
-                let conv = matches!(
-                    arch.nodes[*j].op,
-                    Op::Conv2d { .. } | Op::ConvTranspose2d { .. }
-                );
-                relu_fused[*j] = conv && readers[*j] == 1;
+        let mut fused_act = vec![None; arch.nodes.len()];
+        let mut passes_on = vec![false; arch.nodes.len()];
+        for (i, (node, inputs)) in arch.nodes.iter().zip(&node_inputs).enumerate() {
+            let r = match node.op {
+                Op::Relu => Rectifier::RELU,
+                Op::LeakyRelu { slope } => Rectifier::leaky(slope),
+                _ => continue,
+            };
+            let [Some(j)] = inputs.as_slice() else {
+                continue;
+            };
+            let fusable = matches!(
+                arch.nodes[*j].op,
+                Op::Conv2d { .. }
+                    | Op::ConvTranspose2d { .. }
+                    | Op::InstanceNorm { affine: false, .. }
+            );
+            if fusable && readers[*j] == 1 {
+                fused_act[*j] = Some(r);
+                passes_on[i] = true;
             }
         }
         Ok(Network {
@@ -311,7 +327,8 @@ impl Network {
             node_params,
             node_inputs,
             last_use,
-            relu_fused,
+            fused_act,
+            passes_on,
             device: device.clone(),
             dtype,
             backend: ConvBackend::default(),
@@ -609,56 +626,57 @@ impl Network {
                 .map(|&k| self.param(k, detach))
                 .collect();
             let a = inputs[0];
-            let fused = self.relu_fused[i];
+            let act = self.fused_act[i];
             let y = match node.op {
                 Op::Conv2d {
                     stride,
                     padding,
                     dilation,
                     ..
-                } if fused => {
-                    self.backend
-                        .conv2d_relu(a, &p[0], p.get(1), stride, padding, dilation)?
-                }
-                Op::Conv2d {
-                    stride,
-                    padding,
-                    dilation,
-                    ..
-                } => self
-                    .backend
-                    .conv2d(a, &p[0], p.get(1), stride, padding, dilation)?,
+                } => match act {
+                    Some(r) => self.backend.conv2d_rectified(
+                        a,
+                        &p[0],
+                        p.get(1),
+                        stride,
+                        padding,
+                        dilation,
+                        r,
+                    )?,
+                    None => self
+                        .backend
+                        .conv2d(a, &p[0], p.get(1), stride, padding, dilation)?,
+                },
                 Op::ConvTranspose2d {
                     stride,
                     padding,
                     output_padding,
                     ..
-                } if fused => self.backend.conv_transpose2d_relu(
-                    a,
-                    &p[0],
-                    p.get(1),
-                    stride,
-                    padding,
-                    output_padding,
-                )?,
-                Op::ConvTranspose2d {
-                    stride,
-                    padding,
-                    output_padding,
-                    ..
-                } => self.backend.conv_transpose2d(
-                    a,
-                    &p[0],
-                    p.get(1),
-                    stride,
-                    padding,
-                    output_padding,
-                )?,
+                } => match act {
+                    Some(r) => self.backend.conv_transpose2d_rectified(
+                        a,
+                        &p[0],
+                        p.get(1),
+                        stride,
+                        padding,
+                        output_padding,
+                        r,
+                    )?,
+                    None => self.backend.conv_transpose2d(
+                        a,
+                        &p[0],
+                        p.get(1),
+                        stride,
+                        padding,
+                        output_padding,
+                    )?,
+                },
                 Op::ReflectionPad2d { pad } => nn::reflection_pad2d(a, [pad; 4])?,
                 Op::ZeroPad2d { pad } => nn::zero_pad2d(a, pad)?,
-                Op::InstanceNorm { eps, affine, .. } => {
-                    nn::instance_norm(a, eps, affine.then(|| (&p[0], &p[1])))?
-                }
+                Op::InstanceNorm { eps, affine, .. } => match act {
+                    Some(r) => self.backend.instance_norm_rectified(a, eps, r)?,
+                    None => nn::instance_norm(a, eps, affine.then(|| (&p[0], &p[1])))?,
+                },
                 Op::BatchNorm { eps, momentum, .. } => {
                     let (weight, bias) = (&p[0], &p[1]);
                     let (rm, rv) = (
@@ -686,12 +704,10 @@ impl Network {
                         )?
                     }
                 }
-                // Its convolution applied it (`relu_fused`).
-                Op::Relu if matches!(self.node_inputs[i].as_slice(), [Some(j)] if self.relu_fused[*j]) => {
-                    a.clone()
-                }
-                Op::Relu => self.backend.relu(a)?,
-                Op::LeakyRelu { slope } => candle_nn::ops::leaky_relu(a, slope)?,
+                // Its input node applied it (`fused_act`).
+                Op::Relu | Op::LeakyRelu { .. } if self.passes_on[i] => a.clone(),
+                Op::Relu => self.backend.rectify(a, Rectifier::RELU)?,
+                Op::LeakyRelu { slope } => self.backend.rectify(a, Rectifier::leaky(slope))?,
                 Op::Tanh => a.tanh()?,
                 Op::Add => a.add(inputs[1])?,
                 Op::Mul => a.mul(inputs[1])?,

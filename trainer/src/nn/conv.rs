@@ -16,7 +16,8 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv_cpu;
+use super::rectifier::{self, Rectifier};
+use super::{conv_cpu, norm};
 
 /// Which implementation runs the convolutions of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -67,9 +68,10 @@ impl ConvBackend {
         add_bias(y, bias)
     }
 
-    /// [`ConvBackend::conv2d`] then [`ConvBackend::relu`]; with `fast`, one op
-    /// ([`conv_cpu::conv2d_relu`]: no separate ReLU tensor or autograd node).
-    pub fn conv2d_relu(
+    /// [`ConvBackend::conv2d`] then [`ConvBackend::rectify`]; with `fast`, one op
+    /// ([`conv_cpu::conv2d_rectified`]: no separate tensor or autograd node).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_rectified(
         self,
         x: &Tensor,
         weight: &Tensor,
@@ -77,16 +79,18 @@ impl ConvBackend {
         stride: usize,
         padding: usize,
         dilation: usize,
+        r: Rectifier,
     ) -> Result<Tensor> {
         if self.fast_for(x) {
-            return conv_cpu::conv2d_relu(x, weight, bias, stride, padding, dilation);
+            return conv_cpu::conv2d_rectified(x, weight, bias, stride, padding, dilation, r);
         }
-        self.relu(&self.conv2d(x, weight, bias, stride, padding, dilation)?)
+        self.rectify(&self.conv2d(x, weight, bias, stride, padding, dilation)?, r)
     }
 
-    /// [`ConvBackend::conv_transpose2d`] then [`ConvBackend::relu`]; with `fast`,
-    /// one op ([`conv_cpu::conv_transpose2d_relu`]).
-    pub fn conv_transpose2d_relu(
+    /// [`ConvBackend::conv_transpose2d`] then [`ConvBackend::rectify`]; with
+    /// `fast`, one op ([`conv_cpu::conv_transpose2d_rectified`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_transpose2d_rectified(
         self,
         x: &Tensor,
         weight: &Tensor,
@@ -94,9 +98,10 @@ impl ConvBackend {
         stride: usize,
         padding: usize,
         output_padding: usize,
+        r: Rectifier,
     ) -> Result<Tensor> {
         if self.fast_for(x) {
-            return conv_cpu::conv_transpose2d_relu(
+            return conv_cpu::conv_transpose2d_rectified(
                 x,
                 weight,
                 bias,
@@ -104,18 +109,30 @@ impl ConvBackend {
                 padding,
                 output_padding,
                 1,
+                r,
             );
         }
-        self.relu(&self.conv_transpose2d(x, weight, bias, stride, padding, output_padding)?)
+        let y = self.conv_transpose2d(x, weight, bias, stride, padding, output_padding)?;
+        self.rectify(&y, r)
     }
 
-    /// ReLU: with `fast`, the one-pass CPU op of [`crate::nn::relu`] (its backward is
-    /// one pass too); Candle's otherwise.
-    pub fn relu(self, x: &Tensor) -> Result<Tensor> {
+    /// ReLU or leaky ReLU: with `fast`, the one-pass CPU op of
+    /// [`crate::nn::rectifier`] (its backward is one pass too); Candle's otherwise.
+    pub fn rectify(self, x: &Tensor, r: Rectifier) -> Result<Tensor> {
         if self.fast_for(x) {
-            return crate::nn::relu::relu(x);
+            return rectifier::rectify(x, r);
         }
-        x.relu()
+        r.candle(x)
+    }
+
+    /// Instance norm (no affine) then a rectifier: with `fast`, one op
+    /// ([`norm::instance_norm_rectified`]: the rectifier applied where the norm
+    /// writes, its mask applied inside the norm's backward); otherwise the two.
+    pub fn instance_norm_rectified(self, x: &Tensor, eps: f64, r: Rectifier) -> Result<Tensor> {
+        if self.fast_for(x) {
+            return norm::instance_norm_rectified(x, eps, r);
+        }
+        self.rectify(&norm::instance_norm(x, eps, None)?, r)
     }
 
     /// 2-D transposed convolution: `x [N, Cin, H, W]`, `weight [Cin, Cout, k, k]`,

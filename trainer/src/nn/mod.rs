@@ -8,7 +8,8 @@
 //!   normalisation in both modes.
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
 //! - [`profile`]: per-op timers of a training step (`bench-step --profile`).
-//! - [`relu`]: ReLU with a one-pass backward (the `fast` backend's).
+//! - [`rectifier`]: ReLU and leaky ReLU with one-pass backwards (the `fast`
+//!   backend's), also applied inside the op before them.
 //! - [`storage`]: the contiguous elements of a CPU storage, for the custom ops.
 //! - [`simd`]: the CPU's widest vector extension, chosen at run time, for the
 //!   kernels' hot loops.
@@ -38,10 +39,13 @@ pub mod gradcheck;
 pub mod norm;
 pub mod pad;
 pub mod profile;
-pub mod relu;
+pub mod rectifier;
 pub mod simd;
 pub mod storage;
 
 pub use conv::ConvBackend;
-pub use norm::{batch_norm, batch_stats, instance_norm, instance_norm_reference};
+pub use norm::{
+    batch_norm, batch_stats, instance_norm, instance_norm_rectified, instance_norm_reference,
+};
 pub use pad::{crop, pad_to_multiple, pad_to_size, reflection_pad2d, zero_pad2d};
+pub use rectifier::Rectifier;

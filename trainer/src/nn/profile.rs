@@ -25,6 +25,11 @@ pub enum Op {
     ConvWeightGradIm2col,
     ConvWeightGradDirect,
     ConvBiasGrad,
+    /// Instance norm, forward and backward (a rectifier fused into it included).
+    InstanceNorm,
+    /// ReLU and leaky ReLU as their own ops, and the gradient mask of one fused
+    /// into the op before it.
+    Rectifier,
     /// The network's forward pass (convolutions included).
     Forward,
     /// The loss.
@@ -38,7 +43,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 16] = [
         Op::ConvForwardWinograd,
         Op::ConvForwardIm2col,
         Op::ConvForwardDirect,
@@ -48,6 +53,8 @@ impl Op {
         Op::ConvWeightGradIm2col,
         Op::ConvWeightGradDirect,
         Op::ConvBiasGrad,
+        Op::InstanceNorm,
+        Op::Rectifier,
         Op::Forward,
         Op::Loss,
         Op::Backward,
@@ -66,6 +73,8 @@ impl Op {
             Op::ConvWeightGradIm2col => "conv weight grad: im2col+gemm",
             Op::ConvWeightGradDirect => "conv weight grad: direct",
             Op::ConvBiasGrad => "conv bias grad",
+            Op::InstanceNorm => "instance norm (fwd + bwd)",
+            Op::Rectifier => "relu / leaky relu (fwd + bwd)",
             Op::Forward => "network forward (all)",
             Op::Loss => "loss",
             Op::Backward => "backward (all)",

@@ -39,6 +39,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
+use super::rectifier::{self, Rectifier};
 use kernels::{Float, Geom};
 
 /// Whether [`conv2d`] and [`conv_transpose2d`] run on this tensor: on the CPU,
@@ -61,21 +62,24 @@ pub fn conv2d(
     apply(x, weight, bias, op)
 }
 
-/// [`conv2d`] followed by a ReLU, in one op: the output is clamped where it is
-/// written, and the backward masks the output gradient where the output is not
-/// positive (PyTorch's `threshold_backward`; Candle's `relu` lets the gradient
-/// through at an input of exactly 0 as well) before the convolution's own
-/// backward. One tensor and one autograd node fewer than the two ops.
-pub fn conv2d_relu(
+/// [`conv2d`] followed by a ReLU or leaky ReLU, in one op: the output is
+/// rectified where it is written, and the backward scales the output gradient by
+/// the slope where the output is not positive (PyTorch's `threshold_backward`;
+/// Candle's `relu` lets the gradient through at an input of exactly 0 as well)
+/// before the convolution's own backward. One tensor and one autograd node fewer
+/// than the two ops.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_rectified(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
     dilation: usize,
+    r: Rectifier,
 ) -> Result<Tensor> {
     let op = conv2d_op(x, weight, bias, stride, padding, dilation)?;
-    apply(x, weight, bias, ConvOp { relu: true, ..op })
+    apply(x, weight, bias, ConvOp { act: Some(r), ..op })
 }
 
 fn conv2d_op(
@@ -118,7 +122,7 @@ fn conv2d_op(
     Ok(ConvOp {
         geom,
         transposed: false,
-        relu: false,
+        act: None,
     })
 }
 
@@ -139,9 +143,9 @@ pub fn conv_transpose2d(
     apply(x, weight, bias, op)
 }
 
-/// [`conv_transpose2d`] followed by a ReLU, in one op (as [`conv2d_relu`]).
+/// [`conv_transpose2d`] followed by a rectifier, in one op (as [`conv2d_rectified`]).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d_relu(
+pub fn conv_transpose2d_rectified(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -149,9 +153,10 @@ pub fn conv_transpose2d_relu(
     padding: usize,
     output_padding: usize,
     dilation: usize,
+    r: Rectifier,
 ) -> Result<Tensor> {
     let op = conv_transpose2d_op(x, weight, bias, stride, padding, output_padding, dilation)?;
-    apply(x, weight, bias, ConvOp { relu: true, ..op })
+    apply(x, weight, bias, ConvOp { act: Some(r), ..op })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,7 +200,7 @@ fn conv_transpose2d_op(
     Ok(ConvOp {
         geom,
         transposed: true,
-        relu: false,
+        act: None,
     })
 }
 
@@ -320,11 +325,11 @@ impl Pass {
 }
 
 /// A convolution (or transposed convolution) with autograd: `(x, weight)` or
-/// `(x, weight, bias)`, followed by a ReLU when `relu`.
+/// `(x, weight, bias)`, followed by a rectifier when `act` is set.
 struct ConvOp {
     geom: Geom,
     transposed: bool,
-    relu: bool,
+    act: Option<Rectifier>,
 }
 
 impl ConvOp {
@@ -336,7 +341,7 @@ impl ConvOp {
         }
     }
 
-    /// The forward pass, then the ReLU in place when `relu`.
+    /// The forward pass, then the rectifier in place when `act` is set.
     fn cpu_forward(
         &self,
         first: (&CpuStorage, &Layout),
@@ -344,10 +349,10 @@ impl ConvOp {
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let (mut out, shape) = self.forward_pass().cpu(&self.geom, first, second, bias)?;
-        if self.relu {
+        if let Some(r) = self.act {
             match &mut out {
-                CpuStorage::F32(v) => crate::nn::relu::relu_in_place(v),
-                CpuStorage::F64(v) => crate::nn::relu::relu_in_place(v),
+                CpuStorage::F32(v) => rectifier::rectify_in_place(v, r),
+                CpuStorage::F64(v) => rectifier::rectify_in_place(v, r),
                 _ => bail!("the fast convolution kernels take f32 or f64"),
             }
         }
@@ -355,7 +360,7 @@ impl ConvOp {
     }
 
     /// The gradients of the tracked arguments; `out` is the op's output (the
-    /// ReLU's mask when `relu`).
+    /// rectifier's mask when `act` is set).
     fn grads(
         &self,
         x: &Tensor,
@@ -364,8 +369,8 @@ impl ConvOp {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = if self.relu {
-            crate::nn::relu::grad_where_positive(grad, out)?
+        let grad = if let Some(r) = self.act {
+            rectifier::grad_by_output(grad, out, r)?
         } else {
             grad.contiguous()?
         };
@@ -403,11 +408,11 @@ impl ConvOp {
 
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
-        match (self.transposed, self.relu) {
+        match (self.transposed, self.act.is_some()) {
             (true, false) => "ldct-conv-transpose2d",
-            (true, true) => "ldct-conv-transpose2d-relu",
+            (true, true) => "ldct-conv-transpose2d-rectified",
             (false, false) => "ldct-conv2d",
-            (false, true) => "ldct-conv2d-relu",
+            (false, true) => "ldct-conv2d-rectified",
         }
     }
 
@@ -435,11 +440,11 @@ impl CustomOp2 for ConvOp {
 
 impl CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
-        match (self.transposed, self.relu) {
+        match (self.transposed, self.act.is_some()) {
             (true, false) => "ldct-conv-transpose2d-bias",
-            (true, true) => "ldct-conv-transpose2d-bias-relu",
+            (true, true) => "ldct-conv-transpose2d-bias-rectified",
             (false, false) => "ldct-conv2d-bias",
-            (false, true) => "ldct-conv2d-bias-relu",
+            (false, true) => "ldct-conv2d-bias-rectified",
         }
     }
 
