@@ -396,6 +396,58 @@ fn peak_rss() -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// The weight gradient alone (the input not tracked) of the 3x3 stride-1 shapes
+/// of the bench steps, `fast` backend, median of `reps` after a warm-up:
+/// (batch, channels in and out, output side).
+fn wgrad(reps: usize) -> Result<()> {
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (4, 128, 16),
+        (1, 256, 32),
+        (8, 24, 96),
+        (8, 48, 48),
+        (8, 96, 24),
+        (8, 192, 12),
+        (8, 384, 6),
+        (4, 64, 32),
+        (1, 64, 128),
+    ];
+    for &(n, c, size) in SHAPES {
+        let x = randn(&[n, c, size + 2, size + 2], 1)?;
+        let w = Var::from_tensor(&(randn(&[c, c, 3, 3], 2)? * 0.05)?)?;
+        let r = randn(&[n, c, size, size], 3)?;
+        let mut t = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            let start = Instant::now();
+            let y = ConvBackend::Fast.conv2d(&x, w.as_tensor(), None, 1, 0, 1)?;
+            let grads = (y * &r)?.sum_all()?.backward()?;
+            std::hint::black_box(grads.get(w.as_tensor()));
+            if rep > 0 {
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+        // Less the forward alone.
+        let mut f = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = Instant::now();
+            let y = ConvBackend::Fast.conv2d(&x, w.as_tensor(), None, 1, 0, 1)?;
+            std::hint::black_box(&y);
+            f.push(start.elapsed().as_secs_f64());
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (all, fwd) = (median(t), median(f));
+        println!(
+            "weight grad {n} x {c}->{c} {size}x{size}: {:.3} ms (forward + backward {:.3}, forward {:.3})",
+            (all - fwd) * 1e3,
+            all * 1e3,
+            fwd * 1e3
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut what = Vec::new();
     let mut backends = ConvBackend::ALL.to_vec();
@@ -442,6 +494,7 @@ fn main() -> Result<()> {
                 split,
             )?,
             "g512" => g512(&backends, reps.unwrap_or(2))?,
+            "wgrad" => wgrad(reps.unwrap_or(15))?,
             "step" => {
                 for &b in &backends {
                     step(b, reps.unwrap_or(3))?;
@@ -454,7 +507,7 @@ fn main() -> Result<()> {
             }
             other => {
                 return Err(candle_core::Error::Msg(format!(
-                    "unknown bench `{other}` (layers, unet-layers, g512, step)"
+                    "unknown bench `{other}` (layers, unet-layers, g512, step, wgrad)"
                 )))
             }
         }

@@ -311,13 +311,14 @@ fn banded_layers() -> Result<()> {
 }
 
 /// 3x3 stride-1 layers with enough channels for the Winograd kernels (forward
-/// and input gradient), odd and even sizes, paddings 0-3 (3: the input gradient
-/// falls back to col2im).
+/// and input gradient; from 192 channels the weight gradient too), odd and even
+/// sizes, paddings 0-3 (3: the input gradient falls back to col2im).
 #[test]
 fn winograd_layers_match_candle() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(18);
     for dtype in [DType::F32, DType::F64] {
-        for i in 0..24 {
+        for i in 0..30 {
+            let wide = i >= 24;
             let transposed = i % 3 == 2;
             let padding = rng.random_range(0..=3);
             let mut size = || loop {
@@ -330,8 +331,8 @@ fn winograd_layers_match_candle() -> Result<()> {
             let c = Case {
                 transposed,
                 n: rng.random_range(1..=3),
-                c_in: rng.random_range(16..=40),
-                c_out: rng.random_range(16..=40),
+                c_in: rng.random_range(if wide { 192..=200 } else { 16..=40 }),
+                c_out: rng.random_range(if wide { 192..=200 } else { 16..=40 }),
                 k: 3,
                 stride: 1,
                 padding,

@@ -22,6 +22,7 @@ pub enum Op {
     ConvDataGradWinograd,
     ConvDataGradIm2col,
     ConvDataGradDirect,
+    ConvWeightGradWinograd,
     ConvWeightGradIm2col,
     ConvWeightGradDirect,
     ConvBiasGrad,
@@ -43,13 +44,14 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::ConvForwardWinograd,
         Op::ConvForwardIm2col,
         Op::ConvForwardDirect,
         Op::ConvDataGradWinograd,
         Op::ConvDataGradIm2col,
         Op::ConvDataGradDirect,
+        Op::ConvWeightGradWinograd,
         Op::ConvWeightGradIm2col,
         Op::ConvWeightGradDirect,
         Op::ConvBiasGrad,
@@ -70,6 +72,7 @@ impl Op {
             Op::ConvDataGradWinograd => "conv input grad: winograd",
             Op::ConvDataGradIm2col => "conv input grad: gemm+col2im",
             Op::ConvDataGradDirect => "conv input grad: direct",
+            Op::ConvWeightGradWinograd => "conv weight grad: winograd",
             Op::ConvWeightGradIm2col => "conv weight grad: im2col+gemm",
             Op::ConvWeightGradDirect => "conv weight grad: direct",
             Op::ConvBiasGrad => "conv bias grad",

@@ -106,6 +106,11 @@ pub fn weight_grad<T: Float>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
             direct::weight_grad(g, &plan, a, b)
         });
     }
+    if winograd::applies_to_weight_grad(g) {
+        return time(Op::ConvWeightGradWinograd, || {
+            winograd::weight_grad(g, a, b)
+        });
+    }
     time(Op::ConvWeightGradIm2col, || {
         im2col::weight_grad(g, &plan, a, b)
     })

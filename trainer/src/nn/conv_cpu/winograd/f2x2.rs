@@ -1,7 +1,7 @@
 //! F(2x2, 3x3): 2x2 output tiles from 4x4 patches, 16 transform positions
 //! (`Bᵀ`, `G`, `Aᵀ` of Lavin & Gray's F(2, 3) with the points 0, ±1).
 
-use super::{copy_lanes, lanes, Lanes, Variant, LANES};
+use super::{copy_lanes, lanes, Columns, Lanes, Variant, LANES};
 use crate::nn::conv_cpu::geom::{Float, Geom};
 
 pub(super) struct F2x2;
@@ -40,10 +40,10 @@ impl Variant for F2x2 {
         a: &[T],
         trows: std::ops::Range<usize>,
         tw: usize,
+        out: Columns,
         v: &mut [T],
     ) {
-        let tiles = trows.len() * tw;
-        let stride_xi = g.c_in * tiles;
+        let stride_xi = out.xi_stride;
         let (h, w, p) = (g.h as isize, g.w as isize, g.padding as isize);
         for ci in 0..g.c_in {
             let plane = &a[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -97,7 +97,7 @@ impl Variant for F2x2 {
                         std::array::from_fn(|c| lanes(|j| d[2][c][j] - d[1][c][j])),
                         std::array::from_fn(|c| lanes(|j| d[1][c][j] - d[3][c][j])),
                     ];
-                    let base = ci * tiles + r * tw + tx0;
+                    let base = ci * out.ch_stride + out.col0 + r * tw + tx0;
                     for (row, er) in e.iter().enumerate() {
                         // (Bᵀ d) B: columns e0 - e2, e1 + e2, e2 - e1, e1 - e3.
                         let cols: [Lanes<T>; 4] = [

@@ -10,7 +10,7 @@
 //!      [ 0  4  0 -5  0  1 ]       [    0     0     1  ]
 //! ```
 
-use super::{copy_lanes, Lanes, Variant, LANES};
+use super::{copy_lanes, Columns, Lanes, Variant, LANES};
 use crate::nn::conv_cpu::geom::{Float, Geom};
 
 pub(super) struct F4x4;
@@ -99,10 +99,10 @@ impl Variant for F4x4 {
         a: &[T],
         trows: std::ops::Range<usize>,
         tw: usize,
+        out: Columns,
         v: &mut [T],
     ) {
-        let tiles = trows.len() * tw;
-        let stride_xi = g.c_in * tiles;
+        let stride_xi = out.xi_stride;
         let (h, w, p) = (g.h as isize, g.w as isize, g.padding as isize);
         for ci in 0..g.c_in {
             let plane = &a[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -161,7 +161,7 @@ impl Variant for F4x4 {
                             e[row][dx] = *v;
                         }
                     }
-                    let base = ci * tiles + r * tw + tx0;
+                    let base = ci * out.ch_stride + out.col0 + r * tw + tx0;
                     for (row, er) in e.iter().enumerate() {
                         // (Bᵀ d) B: the row's six columns.
                         let vals = bt(er);

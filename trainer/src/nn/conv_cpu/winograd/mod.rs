@@ -28,6 +28,9 @@
 
 mod f2x2;
 mod f4x4;
+mod weight_grad;
+
+pub use weight_grad::{applies as applies_to_weight_grad, weight_grad};
 
 use std::marker::PhantomData;
 
@@ -117,6 +120,26 @@ fn transform_kernels<T: Float, V: Variant>(g: &Geom, kmat: &[T]) -> Vec<T> {
     u
 }
 
+/// Where a transform writes its tiles: the value of transform position ξ,
+/// channel c and tile t at `ξ·xi_stride + c·ch_stride + col0 + t`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Columns {
+    pub(super) xi_stride: usize,
+    pub(super) ch_stride: usize,
+    pub(super) col0: usize,
+}
+
+impl Columns {
+    /// [`Variant::XI`] blocks of `channels x tiles`, from column 0.
+    fn blocks(channels: usize, tiles: usize) -> Columns {
+        Columns {
+            xi_stride: channels * tiles,
+            ch_stride: tiles,
+            col0: 0,
+        }
+    }
+}
+
 /// One Winograd variant F(m x m, 3x3): its tile size and its three transforms.
 pub(super) trait Variant {
     /// The output tile's side m.
@@ -129,13 +152,14 @@ pub(super) trait Variant {
     fn transform_kernel<T: Float>(k: &[T; 9]) -> [T; 36];
 
     /// `V_ξ [c_in, tiles]`: `Bᵀ d B` of the patch under every tile of tile rows
-    /// `trows` of one sample `a [c_in, h, w]`, `tw` tiles per row; `v` holds
-    /// [`Self::XI`] blocks of `c_in x tiles`.
+    /// `trows` of one sample `a [c_in, h, w]`, `tw` tiles per row, into `v` at
+    /// `out` (several samples' tiles can sit side by side).
     fn transform_patches<T: Float>(
         g: &Geom,
         a: &[T],
         trows: std::ops::Range<usize>,
         tw: usize,
+        out: Columns,
         v: &mut [T],
     );
 
@@ -205,6 +229,7 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
                 a: a_i,
                 trows: t0..t1,
                 tw,
+                out: Columns::blocks(g.c_in, tiles),
                 v,
                 variant: PhantomData,
             });
@@ -259,6 +284,7 @@ struct Patches<'a, T, V> {
     a: &'a [T],
     trows: std::ops::Range<usize>,
     tw: usize,
+    out: Columns,
     v: &'a mut [T],
     variant: PhantomData<V>,
 }
@@ -267,7 +293,7 @@ impl<T: Float, V: Variant> simd::Kernel for Patches<'_, T, V> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        V::transform_patches(self.g, self.a, self.trows, self.tw, self.v)
+        V::transform_patches(self.g, self.a, self.trows, self.tw, self.out, self.v)
     }
 }
 
@@ -335,7 +361,7 @@ fn tile_tasks(g: &Geom, channels: usize, m: usize, xi: usize) -> Vec<(usize, usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// `B = conv(A, K) + bias` written out (zero padding), in f64.
@@ -369,7 +395,7 @@ mod tests {
     }
 
     /// A deterministic pseudo-random vector in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f64> {
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f64> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -381,7 +407,14 @@ mod tests {
             .collect()
     }
 
-    fn geom(n: usize, c_in: usize, c_out: usize, h: usize, w: usize, padding: usize) -> Geom {
+    pub(super) fn geom(
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        h: usize,
+        w: usize,
+        padding: usize,
+    ) -> Geom {
         Geom {
             n,
             c_in,

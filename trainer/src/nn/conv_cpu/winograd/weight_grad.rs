@@ -1,0 +1,424 @@
+//! The weight gradient of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3).
+//!
+//! The forward computes every tile as `Aᵀ [Σ_ci U_ξ ⊙ V_ξ] A` with `U = G g Gᵀ`;
+//! its adjoint with respect to the kernels is, per transform position ξ, one
+//! GEMM reducing over tiles, `dU_ξ [c_out, c_in] = Σ_tiles dM_ξ · V_ξᵀ` with
+//! `dM = A dY Aᵀ` of each output-gradient tile, and then `dg = Gᵀ dU G` per
+//! kernel. F(2x2, 3x3) multiplies 4 values per output pixel and kernel against
+//! im2col's 9, and its transforms (points 0, ±1) are exact apart from the halves
+//! of `G`.
+//!
+//! Two phases per chunk of tiles (every sample's, side by side, up to
+//! [`CHUNK_ELEMS`] transformed values): the threads transform channel groups of
+//! the input and of the output gradient into `[channel][ξ][tile]` slabs, then
+//! take the ξ in turn, each one long GEMM (the reduction over the chunk's tiles)
+//! into its own `dU_ξ`: no per-thread accumulators to sum, and GEMMs as long as
+//! the chunk even where an image has few tiles (64 at 16x16).
+//!
+//! It runs where both channel counts are at least [`MIN_CHANNELS`]. Below that
+//! the transforms' memory traffic outweighs the products saved and im2col's one
+//! GEMM per band is faster (`cargo bench -p ldct-train --bench conv -- wgrad`,
+//! 2 cores, AVX-512: 8 x 24 channels at 96x96 16 against 8 ms, 8 x 96 at 24x24 5
+//! against 3 ms); at 128 channels (4 x 16x16) the two are level, at 256 (32x32,
+//! the CycleGAN ngf 64 blocks) the step's weight gradients take 340-410 ms
+//! against 450.
+
+use rayon::prelude::*;
+
+use super::f2x2::F2x2;
+use super::{copy_lanes, lanes, Columns, Lanes, Patches, Variant, LANES};
+use crate::nn::conv_cpu::gemm::{matmul, Mat};
+use crate::nn::conv_cpu::geom::{Float, Geom};
+use crate::nn::simd;
+
+/// Transformed values (`ξ·(c_in + c_out)` per tile) of a chunk.
+const CHUNK_ELEMS: usize = 1 << 22;
+
+/// The fewest input and output channels the Winograd weight gradient runs on.
+pub const MIN_CHANNELS: usize = 192;
+
+/// Channels a phase-1 task transforms.
+const CHANNEL_GROUP: usize = 16;
+
+/// Variants with a weight gradient: the output-gradient transform and the
+/// kernel-gradient transform, the adjoints of `write_tiles` and
+/// `transform_kernel`.
+pub(super) trait WeightGrad: Variant {
+    /// `dM_ξ = A dY Aᵀ` of every tile of tile rows `trows` of one sample's
+    /// output gradient `b [c_out, ho, wo]` (zero past its edge), into `dm` at
+    /// `out`.
+    fn transform_output_grads<T: Float>(
+        g: &Geom,
+        b: &[T],
+        trows: std::ops::Range<usize>,
+        tw: usize,
+        out: Columns,
+        dm: &mut [T],
+    );
+
+    /// `Gᵀ dU G`: one kernel's 3x3 gradient (row-major) from its [`Variant::XI`]
+    /// values of `dU`.
+    fn kernel_grad<T: Float>(du: &[T]) -> [T; 9];
+}
+
+/// Whether the weight gradient of `g` runs here.
+pub fn applies(g: &Geom) -> bool {
+    super::applies(g) && g.c_in.min(g.c_out) >= MIN_CHANNELS
+}
+
+/// `K = Σ_n dB_n ⋆ A_n` for a geometry where [`applies`] holds: `a [n, c_in, h,
+/// w]`, `b [n, c_out, ho, wo]`; returns `kmat [c_out, c_in·9]`.
+pub fn weight_grad<T: Float>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
+    run::<T, F2x2>(g, a, b)
+}
+
+fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
+    let plane = g.c_out * g.c_in;
+    let mut du = vec![T::ZERO; V::XI * plane];
+    if g.n == 0 || g.ho == 0 || g.wo == 0 {
+        return vec![T::ZERO; plane * 9];
+    }
+    let (th, tw) = (g.ho.div_ceil(V::M), g.wo.div_ceil(V::M));
+    let max_tiles = (CHUNK_ELEMS / (V::XI * (g.c_in + g.c_out))).max(tw);
+    let (mut v, mut dm) = (Vec::new(), Vec::new());
+    for chunk in chunks(g.n, th, tw, max_tiles) {
+        let cols: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
+        v.resize(g.c_in * V::XI * cols, T::ZERO);
+        dm.resize(g.c_out * V::XI * cols, T::ZERO);
+        // Phase 1: [channel][ξ][tile] slabs, a group of channels per task.
+        let slab = V::XI * cols;
+        let group = CHANNEL_GROUP;
+        let inputs = v
+            .par_chunks_mut(group * slab)
+            .enumerate()
+            .map(|(k, v)| (true, k, v));
+        let grads = dm
+            .par_chunks_mut(group * slab)
+            .enumerate()
+            .map(|(k, v)| (false, k, v));
+        inputs.chain(grads).for_each(|(input, k, buf)| {
+            let channels = k * group..(k * group + buf.len() / slab);
+            let mut col0 = 0;
+            for &(i, t0, t1) in &chunk {
+                let out = Columns {
+                    xi_stride: cols,
+                    ch_stride: slab,
+                    col0,
+                };
+                if input {
+                    let sub = Geom {
+                        c_in: channels.len(),
+                        ..*g
+                    };
+                    let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+                    simd::dispatch(Patches::<T, V> {
+                        g: &sub,
+                        a: &a_i[channels.start * g.h * g.w..channels.end * g.h * g.w],
+                        trows: t0..t1,
+                        tw,
+                        out,
+                        v: buf,
+                        variant: std::marker::PhantomData,
+                    });
+                } else {
+                    let sub = Geom {
+                        c_out: channels.len(),
+                        ..*g
+                    };
+                    let (ho, wo) = (g.ho, g.wo);
+                    let b_i = &b[i * g.b_len()..(i + 1) * g.b_len()];
+                    simd::dispatch(OutputGrads::<T, V> {
+                        g: &sub,
+                        b: &b_i[channels.start * ho * wo..channels.end * ho * wo],
+                        trows: t0..t1,
+                        tw,
+                        out,
+                        dm: buf,
+                        variant: std::marker::PhantomData,
+                    });
+                }
+                col0 += (t1 - t0) * tw;
+            }
+        });
+        // Phase 2: dU_ξ += dM_ξ · V_ξᵀ, one ξ per task.
+        du.par_chunks_mut(plane).enumerate().for_each(|(xi, du)| {
+            let lhs = Mat {
+                ptr: dm[xi * cols..].as_ptr(),
+                rs: slab,
+                cs: 1,
+            };
+            // V_ξᵀ: cols x c_in.
+            let rhs = Mat {
+                ptr: v[xi * cols..].as_ptr(),
+                rs: 1,
+                cs: slab,
+            };
+            // SAFETY: du is c_out x c_in (this task's own); dm and v hold
+            // c_out (c_in) rows of XI·cols, ξ's columns at xi·cols.
+            unsafe {
+                matmul(
+                    g.c_out,
+                    g.c_in,
+                    cols,
+                    du.as_mut_ptr(),
+                    g.c_in,
+                    true,
+                    lhs,
+                    rhs,
+                    false,
+                )
+            };
+        });
+    }
+    // Gᵀ dU G per kernel: gather its XI values (XI planes apart) and transform.
+    let mut kmat = vec![T::ZERO; plane * 9];
+    kmat.par_chunks_mut(9 * g.c_in)
+        .enumerate()
+        .for_each(|(co, row)| {
+            let mut vals = [T::ZERO; 36];
+            for (ci, k) in row.chunks_exact_mut(9).enumerate() {
+                for (xi, v) in vals.iter_mut().take(V::XI).enumerate() {
+                    *v = du[xi * plane + co * g.c_in + ci];
+                }
+                k.copy_from_slice(&V::kernel_grad(&vals[..V::XI]));
+            }
+        });
+    kmat
+}
+
+/// Chunks of (sample, first tile row, end tile row) whose tiles together are at
+/// most `max_tiles` (at least one tile row each), the tiles of several small
+/// samples in one chunk.
+fn chunks(n: usize, th: usize, tw: usize, max_tiles: usize) -> Vec<Vec<(usize, usize, usize)>> {
+    let rows = (max_tiles / tw.max(1)).clamp(1, th.max(1));
+    let mut out: Vec<Vec<(usize, usize, usize)>> = Vec::new();
+    let mut tiles = 0;
+    for i in 0..n {
+        for t0 in (0..th).step_by(rows) {
+            let t1 = (t0 + rows).min(th);
+            let seg = (t1 - t0) * tw;
+            match out.last_mut() {
+                Some(chunk) if tiles + seg <= max_tiles => {
+                    chunk.push((i, t0, t1));
+                    tiles += seg;
+                }
+                _ => {
+                    out.push(vec![(i, t0, t1)]);
+                    tiles = seg;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`WeightGrad::transform_output_grads`] as a [`simd::Kernel`].
+struct OutputGrads<'a, T, V> {
+    g: &'a Geom,
+    b: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    out: Columns,
+    dm: &'a mut [T],
+    variant: std::marker::PhantomData<V>,
+}
+
+impl<T: Float, V: WeightGrad> simd::Kernel for OutputGrads<'_, T, V> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        V::transform_output_grads(self.g, self.b, self.trows, self.tw, self.out, self.dm)
+    }
+}
+
+impl WeightGrad for F2x2 {
+    #[inline(always)]
+    fn transform_output_grads<T: Float>(
+        g: &Geom,
+        b: &[T],
+        trows: std::ops::Range<usize>,
+        tw: usize,
+        out: Columns,
+        dm: &mut [T],
+    ) {
+        let stride_xi = out.xi_stride;
+        let (ho, wo) = (g.ho, g.wo);
+        for co in 0..g.c_out {
+            let plane = &b[co * ho * wo..(co + 1) * ho * wo];
+            for (r, ty) in trows.clone().enumerate() {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let nl = (tw - tx0).min(LANES);
+                    let x0 = 2 * tx0;
+                    // dy[row][col][j]: the 2x2 gradient tile of tile tx0 + j.
+                    let mut dy = [[[T::ZERO; LANES]; 2]; 2];
+                    for (a, drow) in dy.iter_mut().enumerate() {
+                        let y = 2 * ty + a;
+                        if y >= ho {
+                            continue;
+                        }
+                        let line = &plane[y * wo..(y + 1) * wo];
+                        if nl == LANES && x0 + 2 * LANES <= wo {
+                            let run: &[T; 2 * LANES] = line[x0..x0 + 2 * LANES]
+                                .try_into()
+                                .expect("a slice of 2·LANES");
+                            for (c, lane) in drow.iter_mut().enumerate() {
+                                *lane = lanes(|j| run[2 * j + c]);
+                            }
+                            continue;
+                        }
+                        for (c, lane) in drow.iter_mut().enumerate() {
+                            for (j, l) in lane[..nl].iter_mut().enumerate() {
+                                let x = x0 + 2 * j + c;
+                                if x < wo {
+                                    *l = line[x];
+                                }
+                            }
+                        }
+                    }
+                    // A dy: rows y0, y0 + y1, y0 - y1, -y1 (for each column).
+                    let z = T::ZERO;
+                    let t: [[Lanes<T>; 2]; 4] = [
+                        dy[0],
+                        std::array::from_fn(|c| lanes(|j| dy[0][c][j] + dy[1][c][j])),
+                        std::array::from_fn(|c| lanes(|j| dy[0][c][j] - dy[1][c][j])),
+                        std::array::from_fn(|c| lanes(|j| z - dy[1][c][j])),
+                    ];
+                    let base = co * out.ch_stride + out.col0 + r * tw + tx0;
+                    for (row, tr) in t.iter().enumerate() {
+                        // (A dy) Aᵀ: columns t0, t0 + t1, t0 - t1, -t1.
+                        let vals: [Lanes<T>; 4] = [
+                            tr[0],
+                            lanes(|j| tr[0][j] + tr[1][j]),
+                            lanes(|j| tr[0][j] - tr[1][j]),
+                            lanes(|j| z - tr[1][j]),
+                        ];
+                        for (col, v) in vals.iter().enumerate() {
+                            let at = (row * 4 + col) * stride_xi + base;
+                            copy_lanes(&mut dm[at..at + nl], v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn kernel_grad<T: Float>(du: &[T]) -> [T; 9] {
+        let half = T::from_f64(0.5);
+        let d = |r: usize, c: usize| du[r * 4 + c];
+        // Gᵀ dU: 3x4, rows u0 + (u1 + u2)/2, (u1 - u2)/2, (u1 + u2)/2 + u3.
+        let s: [[T; 4]; 3] = [
+            std::array::from_fn(|c| d(0, c) + (d(1, c) + d(2, c)) * half),
+            std::array::from_fn(|c| (d(1, c) - d(2, c)) * half),
+            std::array::from_fn(|c| (d(1, c) + d(2, c)) * half + d(3, c)),
+        ];
+        // (Gᵀ dU) G: columns the same.
+        let mut k = [T::ZERO; 9];
+        for (i, row) in s.iter().enumerate() {
+            k[i * 3] = row[0] + (row[1] + row[2]) * half;
+            k[i * 3 + 1] = (row[1] - row[2]) * half;
+            k[i * 3 + 2] = (row[1] + row[2]) * half + row[3];
+        }
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::conv_cpu::winograd::tests::{geom, values};
+
+    /// `K[co, ci, ky, kx] = Σ dB[co, oy, ox] · A[ci, oy + ky - p, ox + kx - p]`
+    /// written out, in f64.
+    fn naive(g: &Geom, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut k = vec![0.0; g.c_out * g.c_in * 9];
+        for i in 0..g.n {
+            for co in 0..g.c_out {
+                for ci in 0..g.c_in {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut s = 0.0;
+                            for oy in 0..g.ho {
+                                for ox in 0..g.wo {
+                                    let y = (oy + ky) as isize - g.padding as isize;
+                                    let x = (ox + kx) as isize - g.padding as isize;
+                                    if y < 0 || x < 0 || y >= g.h as isize || x >= g.w as isize {
+                                        continue;
+                                    }
+                                    s += b[((i * g.c_out + co) * g.ho + oy) * g.wo + ox]
+                                        * a[((i * g.c_in + ci) * g.h + y as usize) * g.w
+                                            + x as usize];
+                                }
+                            }
+                            k[((co * g.c_in + ci) * 3 + ky) * 3 + kx] += s;
+                        }
+                    }
+                }
+            }
+        }
+        k
+    }
+
+    /// Against the gradient written out: sizes that are and are not multiples of
+    /// the tile, full and ragged lanes, paddings 0 to 2, several samples in a
+    /// batch and samples split over batches, f64 (to rounding) and f32 (1e-5 of
+    /// the largest value).
+    #[test]
+    fn matches_the_weight_gradient_written_out() {
+        let shapes = [
+            (2, 3, 5, 7, 9, 1),
+            (1, 4, 2, 6, 6, 0),
+            (2, 2, 3, 37, 35, 1),
+            (1, 3, 4, 26, 45, 2),
+            (3, 2, 2, 13, 4, 1),
+        ];
+        for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
+            let g = geom(n, c_in, c_out, h, w, p);
+            let a = values(n * g.a_len(), 5 * s as u64 + 1);
+            let b = values(n * g.b_len(), 5 * s as u64 + 2);
+            let want = naive(&g, &a, &b);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let got = run::<f64, F2x2>(&g, &a, &b);
+            let d = got
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(d <= 1e-12 * scale, "{g:?}: f64 differs by {d:e}");
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let got = run::<f32, F2x2>(&g, &f(&a), &f(&b));
+            let d = got
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+            assert!(d <= 1e-5 * scale, "{g:?}: f32 differs by {d:e}");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_tile_row_once_within_the_limit() {
+        for (n, th, tw, max) in [
+            (4, 8, 8, 256),
+            (1, 50, 7, 20),
+            (3, 2, 40, 10),
+            (5, 3, 3, 1000),
+        ] {
+            let b = chunks(n, th, tw, max);
+            let mut seen = vec![0; n * th];
+            for batch in &b {
+                let tiles: usize = batch.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
+                assert!(tiles <= max.max(tw), "{tiles} > {max}");
+                for &(i, t0, t1) in batch {
+                    for t in t0..t1 {
+                        seen[i * th + t] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&c| c == 1),
+                "{n} {th} {tw} {max}: {seen:?}"
+            );
+        }
+        // Small samples share a batch.
+        assert_eq!(chunks(4, 8, 8, 256).len(), 1);
+    }
+}
