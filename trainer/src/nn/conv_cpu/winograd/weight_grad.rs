@@ -8,20 +8,21 @@
 //! im2col's 9, and its transforms (points 0, ±1) are exact apart from the halves
 //! of `G`.
 //!
-//! Two phases per chunk of tiles (every sample's, side by side, up to
-//! [`CHUNK_ELEMS`] transformed values): the threads transform channel groups of
-//! the input and of the output gradient into `[channel][ξ][tile]` slabs, then
-//! take the ξ in turn, each one long GEMM (the reduction over the chunk's tiles)
-//! into its own `dU_ξ`: no per-thread accumulators to sum, and GEMMs as long as
-//! the chunk even where an image has few tiles (64 at 16x16).
+//! Tiles of several samples sit side by side in one chunk (a small image has few
+//! tiles: 64 at 16x16), chunks of up to [`CHUNK_ELEMS`] transformed values and at
+//! least one per thread. Each thread takes a share of the chunks, transforms a
+//! chunk's input patches and output gradients and reduces them at once (one GEMM
+//! per ξ, still in its cache) into its own `dU`; the shares are summed at the
+//! end. (Transforming every chunk first and then giving each thread whole ξ was
+//! slower: the CycleGAN ngf 64 step 1.91-2.0 s against 1.73-1.78 s.)
 //!
 //! It runs where both channel counts are at least [`MIN_CHANNELS`]. Below that
 //! the transforms' memory traffic outweighs the products saved and im2col's one
 //! GEMM per band is faster (`cargo bench -p ldct-train --bench conv -- wgrad`,
 //! 2 cores, AVX-512: 8 x 24 channels at 96x96 16 against 8 ms, 8 x 96 at 24x24 5
-//! against 3 ms); at 128 channels (4 x 16x16) the two are level, at 256 (32x32,
-//! the CycleGAN ngf 64 blocks) the step's weight gradients take 340-410 ms
-//! against 450.
+//! against 3 ms). From 128 channels it gains: the CycleGAN ngf 32 step's weight
+//! gradients of its 128-channel 16x16 blocks take 65 ms against im2col's 93, the
+//! ngf 64 step's (256 channels, 32x32) about 370 against 450.
 
 use rayon::prelude::*;
 
@@ -32,13 +33,10 @@ use crate::nn::conv_cpu::geom::{Float, Geom};
 use crate::nn::simd;
 
 /// Transformed values (`ξ·(c_in + c_out)` per tile) of a chunk.
-const CHUNK_ELEMS: usize = 1 << 22;
+const CHUNK_ELEMS: usize = 1 << 21;
 
 /// The fewest input and output channels the Winograd weight gradient runs on.
-pub const MIN_CHANNELS: usize = 192;
-
-/// Channels a phase-1 task transforms.
-const CHANNEL_GROUP: usize = 16;
+pub const MIN_CHANNELS: usize = 128;
 
 /// Variants with a weight gradient: the output-gradient transform and the
 /// kernel-gradient transform, the adjoints of `write_tiles` and
@@ -74,101 +72,92 @@ pub fn weight_grad<T: Float>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
 
 fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
     let plane = g.c_out * g.c_in;
-    let mut du = vec![T::ZERO; V::XI * plane];
     if g.n == 0 || g.ho == 0 || g.wo == 0 {
         return vec![T::ZERO; plane * 9];
     }
     let (th, tw) = (g.ho.div_ceil(V::M), g.wo.div_ceil(V::M));
-    let max_tiles = (CHUNK_ELEMS / (V::XI * (g.c_in + g.c_out))).max(tw);
-    let (mut v, mut dm) = (Vec::new(), Vec::new());
-    for chunk in chunks(g.n, th, tw, max_tiles) {
-        let cols: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
-        v.resize(g.c_in * V::XI * cols, T::ZERO);
-        dm.resize(g.c_out * V::XI * cols, T::ZERO);
-        // Phase 1: [channel][ξ][tile] slabs, a group of channels per task.
-        let slab = V::XI * cols;
-        let group = CHANNEL_GROUP;
-        let inputs = v
-            .par_chunks_mut(group * slab)
-            .enumerate()
-            .map(|(k, v)| (true, k, v));
-        let grads = dm
-            .par_chunks_mut(group * slab)
-            .enumerate()
-            .map(|(k, v)| (false, k, v));
-        inputs.chain(grads).for_each(|(input, k, buf)| {
-            let channels = k * group..(k * group + buf.len() / slab);
-            let mut col0 = 0;
-            for &(i, t0, t1) in &chunk {
-                let out = Columns {
-                    xi_stride: cols,
-                    ch_stride: slab,
-                    col0,
-                };
-                if input {
-                    let sub = Geom {
-                        c_in: channels.len(),
-                        ..*g
+    let threads = rayon::current_num_threads();
+    // At least one chunk per thread where the tiles allow.
+    let max_tiles = (CHUNK_ELEMS / (V::XI * (g.c_in + g.c_out)))
+        .min((g.n * th * tw).div_ceil(threads))
+        .max(tw);
+    let chunks = chunks(g.n, th, tw, max_tiles);
+    let shares = threads.min(chunks.len()).max(1);
+    let parallel_gemm = shares < threads;
+    let partial: Vec<Vec<T>> = chunks
+        .par_chunks(chunks.len().div_ceil(shares))
+        .map(|share| {
+            let mut du = vec![T::ZERO; V::XI * plane];
+            let (mut v, mut dm) = (Vec::new(), Vec::new());
+            for chunk in share {
+                let cols: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
+                v.resize(V::XI * g.c_in * cols, T::ZERO);
+                dm.resize(V::XI * g.c_out * cols, T::ZERO);
+                let mut col0 = 0;
+                for &(i, t0, t1) in chunk {
+                    let at = |channels: usize| Columns {
+                        xi_stride: channels * cols,
+                        ch_stride: cols,
+                        col0,
                     };
-                    let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
                     simd::dispatch(Patches::<T, V> {
-                        g: &sub,
-                        a: &a_i[channels.start * g.h * g.w..channels.end * g.h * g.w],
+                        g,
+                        a: &a[i * g.a_len()..(i + 1) * g.a_len()],
                         trows: t0..t1,
                         tw,
-                        out,
-                        v: buf,
+                        out: at(g.c_in),
+                        v: &mut v,
                         variant: std::marker::PhantomData,
                     });
-                } else {
-                    let sub = Geom {
-                        c_out: channels.len(),
-                        ..*g
-                    };
-                    let (ho, wo) = (g.ho, g.wo);
-                    let b_i = &b[i * g.b_len()..(i + 1) * g.b_len()];
                     simd::dispatch(OutputGrads::<T, V> {
-                        g: &sub,
-                        b: &b_i[channels.start * ho * wo..channels.end * ho * wo],
+                        g,
+                        b: &b[i * g.b_len()..(i + 1) * g.b_len()],
                         trows: t0..t1,
                         tw,
-                        out,
-                        dm: buf,
+                        out: at(g.c_out),
+                        dm: &mut dm,
                         variant: std::marker::PhantomData,
                     });
+                    col0 += (t1 - t0) * tw;
                 }
-                col0 += (t1 - t0) * tw;
+                for xi in 0..V::XI {
+                    let lhs = Mat {
+                        ptr: dm[xi * g.c_out * cols..].as_ptr(),
+                        rs: cols,
+                        cs: 1,
+                    };
+                    // V_ξᵀ: cols x c_in.
+                    let rhs = Mat {
+                        ptr: v[xi * g.c_in * cols..].as_ptr(),
+                        rs: 1,
+                        cs: cols,
+                    };
+                    // SAFETY: du holds XI blocks of c_out x c_in (this share's
+                    // own); dm XI blocks of c_out x cols; v XI blocks of c_in x cols.
+                    unsafe {
+                        matmul(
+                            g.c_out,
+                            g.c_in,
+                            cols,
+                            du[xi * plane..].as_mut_ptr(),
+                            g.c_in,
+                            true,
+                            lhs,
+                            rhs,
+                            parallel_gemm,
+                        )
+                    };
+                }
             }
-        });
-        // Phase 2: dU_ξ += dM_ξ · V_ξᵀ, one ξ per task.
-        du.par_chunks_mut(plane).enumerate().for_each(|(xi, du)| {
-            let lhs = Mat {
-                ptr: dm[xi * cols..].as_ptr(),
-                rs: slab,
-                cs: 1,
-            };
-            // V_ξᵀ: cols x c_in.
-            let rhs = Mat {
-                ptr: v[xi * cols..].as_ptr(),
-                rs: 1,
-                cs: slab,
-            };
-            // SAFETY: du is c_out x c_in (this task's own); dm and v hold
-            // c_out (c_in) rows of XI·cols, ξ's columns at xi·cols.
-            unsafe {
-                matmul(
-                    g.c_out,
-                    g.c_in,
-                    cols,
-                    du.as_mut_ptr(),
-                    g.c_in,
-                    true,
-                    lhs,
-                    rhs,
-                    false,
-                )
-            };
-        });
+            du
+        })
+        .collect();
+    let mut parts = partial.into_iter();
+    let mut du = parts.next().unwrap_or_else(|| vec![T::ZERO; V::XI * plane]);
+    for part in parts {
+        du.par_iter_mut()
+            .zip(part.par_iter())
+            .for_each(|(s, p)| *s += *p);
     }
     // Gᵀ dU G per kernel: gather its XI values (XI planes apart) and transform.
     let mut kmat = vec![T::ZERO; plane * 9];
