@@ -55,9 +55,10 @@ impl Variant for F2x2 {
                     // d[dy][dx][j]: the patch of tile tx0 + j.
                     let mut d = [[[T::ZERO; LANES]; 4]; 4];
                     let inside_x = x0 >= 0 && x0 + 2 * nl as isize + 2 <= w;
-                    // A full block inside the image: one contiguous run of 2·LANES + 2
-                    // pixels per row, split into the four strided lanes in registers.
-                    let full = inside_x && nl == LANES;
+                    // A run of 2·LANES + 2 pixels inside the row (a ragged last
+                    // block reads past its tiles and keeps nl lanes): one load per
+                    // row, split into the four strided lanes in registers.
+                    let full = x0 >= 0 && x0 + 2 * LANES as isize + 2 <= w;
                     for (dy, drow) in d.iter_mut().enumerate() {
                         let y = y0 + dy as isize;
                         if y < 0 || y >= h {

@@ -217,17 +217,24 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
     let tasks = tile_tasks(g, g.c_in + g.c_out, V::M, V::XI);
     let parallel_gemm = tasks.len() < rayon::current_num_threads();
     let out = SharedMut::new(b.as_mut_ptr());
+    let pad = needs_padding(g, V::M);
     tasks.par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(v, m): &mut (Vec<T>, Vec<T>), &(i, t0, t1)| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(v, m, padded): &mut (Vec<T>, Vec<T>, Vec<T>), &(i, t0, t1)| {
             let tiles = (t1 - t0) * tw;
             v.resize(V::XI * g.c_in * tiles, T::ZERO);
             m.resize(V::XI * g.c_out * tiles, T::ZERO);
             let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+            let (ga, a_i, trows) = if pad {
+                let gp = padded_rows(g, a_i, t0..t1, tw, V::M, padded);
+                (gp, &padded[..], 0..t1 - t0)
+            } else {
+                (*g, a_i, t0..t1)
+            };
             simd::dispatch(Patches::<T, V> {
-                g,
+                g: &ga,
                 a: a_i,
-                trows: t0..t1,
+                trows,
                 tw,
                 out: Columns::blocks(g.c_in, tiles),
                 v,
@@ -276,6 +283,51 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
         },
     );
     b
+}
+
+/// Whether the patches of `g`'s tiles (side `m`) reach past its input: zero
+/// padding, or a tile grid that overhangs the image. Their gather then takes a
+/// zero-padded copy ([`padded_rows`]) instead of the per-pixel bounds checks.
+fn needs_padding(g: &Geom, m: usize) -> bool {
+    let (th, tw) = (g.ho.div_ceil(m), g.wo.div_ceil(m));
+    g.padding > 0 || th * m + 2 > g.h || tw.next_multiple_of(LANES) * m + 2 > g.w
+}
+
+/// The input rows under tile rows `trows` of one sample `a [c_in, h, w]`, with
+/// its zero padding made explicit and the width rounded up to whole blocks of
+/// [`LANES`] tiles, into `buf`; returns the geometry of that copy (no padding),
+/// whose tile rows are `0 .. trows.len()`.
+fn padded_rows<T: Float>(
+    g: &Geom,
+    a: &[T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    m: usize,
+    buf: &mut Vec<T>,
+) -> Geom {
+    let rows = trows.len() * m + 2;
+    let width = tw.next_multiple_of(LANES) * m + 2;
+    let (p, y0) = (g.padding, trows.start * m);
+    buf.clear();
+    buf.resize(g.c_in * rows * width, T::ZERO);
+    for ci in 0..g.c_in {
+        let plane = &a[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        let dst = &mut buf[ci * rows * width..(ci + 1) * rows * width];
+        for r in 0..rows {
+            // Input row y0 + r - p, at column offset p.
+            let Some(y) = (y0 + r).checked_sub(p).filter(|&y| y < g.h) else {
+                continue;
+            };
+            let len = g.w.min(width - p);
+            dst[r * width + p..r * width + p + len].copy_from_slice(&plane[y * g.w..y * g.w + len]);
+        }
+    }
+    Geom {
+        h: rows,
+        w: width,
+        padding: 0,
+        ..*g
+    }
 }
 
 /// [`Variant::transform_patches`] as a [`simd::Kernel`].
@@ -443,6 +495,8 @@ pub(super) mod tests {
             (2, 2, 3, 37, 35, 1),
             (1, 3, 4, 26, 45, 2),
             (3, 2, 2, 13, 4, 1),
+            // No padding, F(2x2)'s tiles exactly on the input: no padded copy.
+            (2, 3, 4, 10, 18, 0),
         ];
         for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
             let g = geom(n, c_in, c_out, h, w, p);

@@ -27,7 +27,9 @@
 use rayon::prelude::*;
 
 use super::f2x2::F2x2;
-use super::{copy_lanes, lanes, Columns, Lanes, Patches, Variant, LANES};
+use super::{
+    copy_lanes, lanes, needs_padding, padded_rows, Columns, Lanes, Patches, Variant, LANES,
+};
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{Float, Geom};
 use crate::nn::simd;
@@ -83,12 +85,13 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
         .max(tw);
     let chunks = chunks(g.n, th, tw, max_tiles);
     let shares = threads.min(chunks.len()).max(1);
+    let pad = needs_padding(g, V::M);
     let parallel_gemm = shares < threads;
     let partial: Vec<Vec<T>> = chunks
         .par_chunks(chunks.len().div_ceil(shares))
         .map(|share| {
             let mut du = vec![T::ZERO; V::XI * plane];
-            let (mut v, mut dm) = (Vec::new(), Vec::new());
+            let (mut v, mut dm, mut padded) = (Vec::new(), Vec::new(), Vec::new());
             for chunk in share {
                 let cols: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
                 v.resize(V::XI * g.c_in * cols, T::ZERO);
@@ -100,10 +103,17 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                         ch_stride: cols,
                         col0,
                     };
+                    let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+                    let (ga, a_i, trows) = if pad {
+                        let gp = padded_rows(g, a_i, t0..t1, tw, V::M, &mut padded);
+                        (gp, &padded[..], 0..t1 - t0)
+                    } else {
+                        (*g, a_i, t0..t1)
+                    };
                     simd::dispatch(Patches::<T, V> {
-                        g,
-                        a: &a[i * g.a_len()..(i + 1) * g.a_len()],
-                        trows: t0..t1,
+                        g: &ga,
+                        a: a_i,
+                        trows,
                         tw,
                         out: at(g.c_in),
                         v: &mut v,
@@ -360,6 +370,8 @@ mod tests {
             (2, 2, 3, 37, 35, 1),
             (1, 3, 4, 26, 45, 2),
             (3, 2, 2, 13, 4, 1),
+            // No padding, F(2x2)'s tiles exactly on the input: no padded copy.
+            (2, 3, 4, 10, 18, 0),
         ];
         for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
             let g = geom(n, c_in, c_out, h, w, p);
