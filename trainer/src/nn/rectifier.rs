@@ -47,14 +47,6 @@ impl Rectifier {
             candle_nn::ops::leaky_relu(x, self.slope)
         }
     }
-
-    fn name(self) -> &'static str {
-        if self.slope == 0.0 {
-            "relu"
-        } else {
-            "leaky-relu"
-        }
-    }
 }
 
 /// The rectifier with the one-pass backward on f32 / f64 CPU tensors; Candle's ops
@@ -175,9 +167,10 @@ impl Rectify {
 
 impl CustomOp1 for Rectify {
     fn name(&self) -> &'static str {
-        match self.0.name() {
-            "relu" => "ldct-relu",
-            _ => "ldct-leaky-relu",
+        if self.0.slope == 0.0 {
+            "ldct-relu"
+        } else {
+            "ldct-leaky-relu"
         }
     }
 
@@ -185,7 +178,7 @@ impl CustomOp1 for Rectify {
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(self.apply(contiguous(v, l, "ldct-rectifier")?)),
             CpuStorage::F64(v) => CpuStorage::F64(self.apply(contiguous(v, l, "ldct-rectifier")?)),
-            _ => bail!("ldct-{}: f32 or f64 only", self.0.name()),
+            _ => bail!("{}: f32 or f64 only", self.name()),
         };
         Ok((out, l.shape().clone()))
     }
