@@ -101,8 +101,15 @@ pub trait Kernel {
 /// Runs `k` compiled for the widest level [`Isa::detect`] allows.
 #[inline]
 pub fn dispatch<K: Kernel>(k: K) -> K::Output {
+    dispatch_at_most(Isa::Avx512, k)
+}
+
+/// [`dispatch`], at most at level `cap`: for kernels whose AVX-512 build is
+/// slower than their AVX2 one (measured; see the caller).
+#[inline]
+pub fn dispatch_at_most<K: Kernel>(cap: Isa, k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
-    match Isa::detect() {
+    match Isa::detect().min(cap) {
         // SAFETY: the CPU has these features (Isa::supported checked them).
         Isa::Avx512 => return unsafe { run_avx512(k) },
         // SAFETY: as above.

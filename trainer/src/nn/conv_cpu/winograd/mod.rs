@@ -40,6 +40,16 @@ use super::gemm::{matmul, Mat};
 use super::geom::{Float, Geom, SharedMut};
 use crate::nn::simd;
 
+/// The widest level the transforms are compiled for. They work on arrays of
+/// [`LANES`] = 8 tiles (256 bits of f32); built for AVX-512, LLVM turns their
+/// strided loads into `vgatherdps` on zmm registers (its generic cost model),
+/// which made the default model's U-Net step 14% slower and the CycleGAN ngf 64
+/// step 10% slower than the AVX2 build on an AMD EPYC with AVX-512 (2 cores;
+/// Winograd forward 58 against 40 ms, input gradient 56 against 41 ms; the AVX2
+/// build uses shuffles). The GEMMs between them still use the CPU's widest level
+/// (the `gemm` crate dispatches on its own).
+pub(super) const ISA: simd::Isa = simd::Isa::Avx2;
+
 /// Channels below which the transforms cost more than the products save.
 const MIN_CHANNELS: usize = 16;
 /// Elements of a task's transformed patches and products (`ξ·(c_in + c_out)`
@@ -231,15 +241,18 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
             } else {
                 (*g, a_i, t0..t1)
             };
-            simd::dispatch(Patches::<T, V> {
-                g: &ga,
-                a: a_i,
-                trows,
-                tw,
-                out: Columns::blocks(g.c_in, tiles),
-                v,
-                variant: PhantomData,
-            });
+            simd::dispatch_at_most(
+                ISA,
+                Patches::<T, V> {
+                    g: &ga,
+                    a: a_i,
+                    trows,
+                    tw,
+                    out: Columns::blocks(g.c_in, tiles),
+                    v,
+                    variant: PhantomData,
+                },
+            );
             for xi in 0..V::XI {
                 let lhs = Mat {
                     ptr: u[xi * g.c_out * g.c_in..].as_ptr(),
@@ -271,15 +284,18 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
             // SAFETY: `b` outlives the tasks, sample i starts at i·b_len, and
             // this task alone writes its output rows m·t0 .. m·t1 (blocks of tile
             // rows are disjoint).
-            simd::dispatch(Tiles::<T, V> {
-                g,
-                m,
-                trows: t0..t1,
-                tw,
-                bias,
-                b: b_i,
-                variant: PhantomData,
-            });
+            simd::dispatch_at_most(
+                ISA,
+                Tiles::<T, V> {
+                    g,
+                    m,
+                    trows: t0..t1,
+                    tw,
+                    bias,
+                    b: b_i,
+                    variant: PhantomData,
+                },
+            );
         },
     );
     b

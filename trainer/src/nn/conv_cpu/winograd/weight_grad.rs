@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    copy_lanes, lanes, needs_padding, padded_rows, Columns, Lanes, Patches, Variant, LANES,
+    copy_lanes, lanes, needs_padding, padded_rows, Columns, Lanes, Patches, Variant, ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{Float, Geom};
@@ -110,24 +110,30 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                     } else {
                         (*g, a_i, t0..t1)
                     };
-                    simd::dispatch(Patches::<T, V> {
-                        g: &ga,
-                        a: a_i,
-                        trows,
-                        tw,
-                        out: at(g.c_in),
-                        v: &mut v,
-                        variant: std::marker::PhantomData,
-                    });
-                    simd::dispatch(OutputGrads::<T, V> {
-                        g,
-                        b: &b[i * g.b_len()..(i + 1) * g.b_len()],
-                        trows: t0..t1,
-                        tw,
-                        out: at(g.c_out),
-                        dm: &mut dm,
-                        variant: std::marker::PhantomData,
-                    });
+                    simd::dispatch_at_most(
+                        ISA,
+                        Patches::<T, V> {
+                            g: &ga,
+                            a: a_i,
+                            trows,
+                            tw,
+                            out: at(g.c_in),
+                            v: &mut v,
+                            variant: std::marker::PhantomData,
+                        },
+                    );
+                    simd::dispatch_at_most(
+                        ISA,
+                        OutputGrads::<T, V> {
+                            g,
+                            b: &b[i * g.b_len()..(i + 1) * g.b_len()],
+                            trows: t0..t1,
+                            tw,
+                            out: at(g.c_out),
+                            dm: &mut dm,
+                            variant: std::marker::PhantomData,
+                        },
+                    );
                     col0 += (t1 - t0) * tw;
                 }
                 for xi in 0..V::XI {
