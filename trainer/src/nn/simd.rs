@@ -8,6 +8,10 @@
 //! compiler's vectoriser uses 16 or 8 f32 lanes there. GEMMs go through the `gemm`
 //! crate, which dispatches the same way (its `x86-v4` feature).
 //!
+//! A kernel can cap its own level ([`dispatch_at_most`]): the Winograd transforms
+//! run at AVX2 at most, where their AVX-512 build was slower (gathers; see
+//! `conv_cpu::winograd::ISA`).
+//!
 //! `LDCT_SIMD=avx2|baseline` caps the choice (to measure or test a narrower path on
 //! a wider machine); [`force`] does the same from a test.
 
