@@ -235,12 +235,7 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
             v.resize(V::XI * g.c_in * tiles, T::ZERO);
             m.resize(V::XI * g.c_out * tiles, T::ZERO);
             let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-            let (ga, a_i, trows) = if pad {
-                let gp = padded_rows(g, a_i, t0..t1, tw, V::M, padded);
-                (gp, &padded[..], 0..t1 - t0)
-            } else {
-                (*g, a_i, t0..t1)
-            };
+            let (ga, a_i, trows) = patch_source(g, a_i, t0..t1, tw, V::M, pad, padded);
             simd::dispatch_at_most(
                 ISA,
                 Patches::<T, V> {
@@ -307,6 +302,26 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
 fn needs_padding(g: &Geom, m: usize) -> bool {
     let (th, tw) = (g.ho.div_ceil(m), g.wo.div_ceil(m));
     g.padding > 0 || th * m + 2 > g.h || tw.next_multiple_of(LANES) * m + 2 > g.w
+}
+
+/// Where the patches of tile rows `trows` of one sample `a_i` are gathered from,
+/// as `(geometry, input, tile rows)`: `a_i` itself, or when `pad` its rows'
+/// zero-padded copy in `buf` ([`padded_rows`]).
+fn patch_source<'a, T: Float>(
+    g: &Geom,
+    a_i: &'a [T],
+    trows: std::ops::Range<usize>,
+    tw: usize,
+    m: usize,
+    pad: bool,
+    buf: &'a mut Vec<T>,
+) -> (Geom, &'a [T], std::ops::Range<usize>) {
+    if !pad {
+        return (*g, a_i, trows);
+    }
+    let rows = trows.len();
+    let gp = padded_rows(g, a_i, trows, tw, m, buf);
+    (gp, &buf[..], 0..rows)
 }
 
 /// The input rows under tile rows `trows` of one sample `a [c_in, h, w]`, with
@@ -499,22 +514,25 @@ pub(super) mod tests {
         }
     }
 
-    /// Both variants against the convolution written out: sizes that are and are
-    /// not multiples of the tiles, blocks of full and ragged lanes (over 8 tiles
-    /// per row), paddings 0 to 2, in f64 (to rounding) and f32 (to 1e-5 of the
-    /// largest output).
+    /// (n, c_in, c_out, h, w, padding) of the tests against the convolution
+    /// written out: sizes that are and are not multiples of the tiles, blocks of
+    /// full and ragged lanes (over 8 tiles per row), paddings 0 to 2, several
+    /// samples.
+    pub(super) const SHAPES: [(usize, usize, usize, usize, usize, usize); 6] = [
+        (2, 3, 5, 7, 9, 1),
+        (1, 4, 2, 6, 6, 0),
+        (2, 2, 3, 37, 35, 1),
+        (1, 3, 4, 26, 45, 2),
+        (3, 2, 2, 13, 4, 1),
+        // No padding, F(2x2)'s tiles exactly on the input: no padded copy.
+        (2, 3, 4, 10, 18, 0),
+    ];
+
+    /// Both variants against the convolution written out ([`SHAPES`]), in f64 (to
+    /// rounding) and f32 (to 1e-5 of the largest output).
     #[test]
     fn both_variants_match_the_convolution_written_out() {
-        let shapes = [
-            (2, 3, 5, 7, 9, 1),
-            (1, 4, 2, 6, 6, 0),
-            (2, 2, 3, 37, 35, 1),
-            (1, 3, 4, 26, 45, 2),
-            (3, 2, 2, 13, 4, 1),
-            // No padding, F(2x2)'s tiles exactly on the input: no padded copy.
-            (2, 3, 4, 10, 18, 0),
-        ];
-        for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
+        for (s, &(n, c_in, c_out, h, w, p)) in SHAPES.iter().enumerate() {
             let g = geom(n, c_in, c_out, h, w, p);
             let a = values(n * g.a_len(), 3 * s as u64 + 1);
             let k = values(c_out * c_in * 9, 3 * s as u64 + 2);

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    copy_lanes, lanes, needs_padding, padded_rows, Columns, Lanes, Patches, Variant, ISA, LANES,
+    copy_lanes, lanes, needs_padding, patch_source, Columns, Lanes, Patches, Variant, ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{Float, Geom};
@@ -104,12 +104,7 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                         col0,
                     };
                     let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-                    let (ga, a_i, trows) = if pad {
-                        let gp = padded_rows(g, a_i, t0..t1, tw, V::M, &mut padded);
-                        (gp, &padded[..], 0..t1 - t0)
-                    } else {
-                        (*g, a_i, t0..t1)
-                    };
+                    let (ga, a_i, trows) = patch_source(g, a_i, t0..t1, tw, V::M, pad, &mut padded);
                     simd::dispatch_at_most(
                         ISA,
                         Patches::<T, V> {
@@ -331,7 +326,7 @@ impl WeightGrad for F2x2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::conv_cpu::winograd::tests::{geom, values};
+    use crate::nn::conv_cpu::winograd::tests::{geom, values, SHAPES};
 
     /// `K[co, ci, ky, kx] = Σ dB[co, oy, ox] · A[ci, oy + ky - p, ox + kx - p]`
     /// written out, in f64.
@@ -364,22 +359,11 @@ mod tests {
         k
     }
 
-    /// Against the gradient written out: sizes that are and are not multiples of
-    /// the tile, full and ragged lanes, paddings 0 to 2, several samples in a
-    /// batch and samples split over batches, f64 (to rounding) and f32 (1e-5 of
-    /// the largest value).
+    /// Against the gradient written out ([`SHAPES`]; several samples in a chunk),
+    /// f64 (to rounding) and f32 (1e-5 of the largest value).
     #[test]
     fn matches_the_weight_gradient_written_out() {
-        let shapes = [
-            (2, 3, 5, 7, 9, 1),
-            (1, 4, 2, 6, 6, 0),
-            (2, 2, 3, 37, 35, 1),
-            (1, 3, 4, 26, 45, 2),
-            (3, 2, 2, 13, 4, 1),
-            // No padding, F(2x2)'s tiles exactly on the input: no padded copy.
-            (2, 3, 4, 10, 18, 0),
-        ];
-        for (s, &(n, c_in, c_out, h, w, p)) in shapes.iter().enumerate() {
+        for (s, &(n, c_in, c_out, h, w, p)) in SHAPES.iter().enumerate() {
             let g = geom(n, c_in, c_out, h, w, p);
             let a = values(n * g.a_len(), 5 * s as u64 + 1);
             let b = values(n * g.b_len(), 5 * s as u64 + 2);
