@@ -116,7 +116,7 @@ pub struct Network {
     last_use: Vec<usize>,
     /// For each node: the rectifier it applies itself, when it is a convolution or
     /// an instance norm (no affine) whose only reader is a ReLU or leaky ReLU
-    /// (`ConvBackend::conv2d_rectified`, `instance_norm_rectified`).
+    /// (`ConvBackend::conv2d_then`, `instance_norm_rectified`).
     fused_act: Vec<Option<Rectifier>>,
     /// For each node: a ReLU or leaky ReLU that its input node applied
     /// (`fused_act`), which passes that input on.
@@ -633,44 +633,24 @@ impl Network {
                     padding,
                     dilation,
                     ..
-                } => match act {
-                    Some(r) => self.backend.conv2d_rectified(
-                        a,
-                        &p[0],
-                        p.get(1),
-                        stride,
-                        padding,
-                        dilation,
-                        r,
-                    )?,
-                    None => self
-                        .backend
-                        .conv2d(a, &p[0], p.get(1), stride, padding, dilation)?,
-                },
+                } => {
+                    self.backend
+                        .conv2d_then(a, &p[0], p.get(1), stride, padding, dilation, act)?
+                }
                 Op::ConvTranspose2d {
                     stride,
                     padding,
                     output_padding,
                     ..
-                } => match act {
-                    Some(r) => self.backend.conv_transpose2d_rectified(
-                        a,
-                        &p[0],
-                        p.get(1),
-                        stride,
-                        padding,
-                        output_padding,
-                        r,
-                    )?,
-                    None => self.backend.conv_transpose2d(
-                        a,
-                        &p[0],
-                        p.get(1),
-                        stride,
-                        padding,
-                        output_padding,
-                    )?,
-                },
+                } => self.backend.conv_transpose2d_then(
+                    a,
+                    &p[0],
+                    p.get(1),
+                    stride,
+                    padding,
+                    output_padding,
+                    act,
+                )?,
                 Op::ReflectionPad2d { pad } => nn::reflection_pad2d(a, [pad; 4])?,
                 Op::ZeroPad2d { pad } => nn::zero_pad2d(a, pad)?,
                 Op::InstanceNorm { eps, affine, .. } => match act {

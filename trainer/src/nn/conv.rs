@@ -68,10 +68,11 @@ impl ConvBackend {
         add_bias(y, bias)
     }
 
-    /// [`ConvBackend::conv2d`] then [`ConvBackend::rectify`]; with `fast`, one op
-    /// ([`conv_cpu::conv2d_rectified`]: no separate tensor or autograd node).
+    /// [`ConvBackend::conv2d`], then [`ConvBackend::rectify`] when `act` is set;
+    /// with `fast`, one op ([`conv_cpu::conv2d_rectified`]: no separate tensor or
+    /// autograd node).
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_rectified(
+    pub fn conv2d_then(
         self,
         x: &Tensor,
         weight: &Tensor,
@@ -79,18 +80,21 @@ impl ConvBackend {
         stride: usize,
         padding: usize,
         dilation: usize,
-        r: Rectifier,
+        act: Option<Rectifier>,
     ) -> Result<Tensor> {
+        let Some(r) = act else {
+            return self.conv2d(x, weight, bias, stride, padding, dilation);
+        };
         if self.fast_for(x) {
             return conv_cpu::conv2d_rectified(x, weight, bias, stride, padding, dilation, r);
         }
         self.rectify(&self.conv2d(x, weight, bias, stride, padding, dilation)?, r)
     }
 
-    /// [`ConvBackend::conv_transpose2d`] then [`ConvBackend::rectify`]; with
-    /// `fast`, one op ([`conv_cpu::conv_transpose2d_rectified`]).
+    /// [`ConvBackend::conv_transpose2d`], then [`ConvBackend::rectify`] when `act`
+    /// is set; with `fast`, one op ([`conv_cpu::conv_transpose2d_rectified`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn conv_transpose2d_rectified(
+    pub fn conv_transpose2d_then(
         self,
         x: &Tensor,
         weight: &Tensor,
@@ -98,8 +102,11 @@ impl ConvBackend {
         stride: usize,
         padding: usize,
         output_padding: usize,
-        r: Rectifier,
+        act: Option<Rectifier>,
     ) -> Result<Tensor> {
+        let Some(r) = act else {
+            return self.conv_transpose2d(x, weight, bias, stride, padding, output_padding);
+        };
         if self.fast_for(x) {
             return conv_cpu::conv_transpose2d_rectified(
                 x,
