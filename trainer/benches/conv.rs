@@ -7,6 +7,7 @@
 //! cargo bench -p ldct-train --bench conv -- layers --layer block --split --reps 9
 //! cargo bench -p ldct-train --bench conv -- unet-layers --backend fast --split
 //! cargo bench -p ldct-train --bench conv -- g512         # 512x512 generator forward
+//! cargo bench -p ldct-train --bench conv -- wgrad        # weight gradient per 3x3 shape
 //! cargo bench -p ldct-train --bench conv -- step --backend fast   # one backend per process,
 //! cargo bench -p ldct-train --bench conv -- step --backend candle # for its peak RSS
 //! ```
@@ -24,7 +25,11 @@
 //! `g512`: inference of the resnet generator ngf 64, 9 blocks on one 512x512
 //! slice (`--reps`, default 2). `step`: two generators and two discriminators
 //! through a CycleGAN-shaped generator step and discriminator step (forward and
-//! backward, no optimiser), then the process's peak RSS.
+//! backward, no optimiser), then the process's peak RSS. `wgrad`: the weight
+//! gradient alone of the 3x3 stride-1 shapes of the bench steps (median of
+//! `--reps`, default 15); run it with `CANDLE_NUM_THREADS=1
+//! MALLOC_MMAP_THRESHOLD_=33554432` to match `ldct-train`'s settings (without them
+//! fresh pages for every buffer dominate).
 
 use std::time::Instant;
 
