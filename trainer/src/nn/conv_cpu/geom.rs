@@ -1,9 +1,10 @@
 //! What every convolution kernel shares: the element types ([`Float`]), the
 //! geometry of a convolution ([`Geom`]) with the valid output ranges of each kernel
-//! tap ([`Plan`]), and the pointer tasks writing disjoint parts of one buffer share
-//! ([`SharedMut`]).
+//! tap ([`Plan`]), the pointer tasks writing disjoint parts of one buffer share
+//! ([`SharedMut`]), and the sum of per-thread accumulators ([`sum_shares`]).
 
 use candle_core::WithDType;
+use rayon::prelude::*;
 
 /// Elements of a band buffer that the kernels aim for (an `im2col` / `col2im` band of
 /// the forward and input gradient, a band of the direct loops): 256 KiB in f32, half
@@ -135,4 +136,17 @@ impl<T> SharedMut<T> {
     pub(super) fn get(self) -> *mut T {
         self.0
     }
+}
+
+/// The element-wise sum of the threads' accumulators of `len` values each (a
+/// weight gradient's shares), into the first; zeros when there are none.
+pub(super) fn sum_shares<T: Float>(shares: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut shares = shares.into_iter();
+    let mut sum = shares.next().unwrap_or_else(|| vec![T::ZERO; len]);
+    for share in shares {
+        sum.par_iter_mut()
+            .zip(share.par_iter())
+            .for_each(|(s, p)| *s += *p);
+    }
+    sum
 }

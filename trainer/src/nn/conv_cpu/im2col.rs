@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
-use super::geom::{Float, Geom, Plan, SharedMut, BAND_ELEMS};
+use super::geom::{sum_shares, Float, Geom, Plan, SharedMut, BAND_ELEMS};
 
 /// The same for the weight gradient, whose GEMM reduces over the band (a longer
 /// band amortises reading and writing the accumulator).
@@ -526,12 +526,5 @@ pub(super) fn weight_grad<T: Float>(g: &Geom, plan: &Plan, a: &[T], b: &[T]) -> 
             acc
         })
         .collect();
-    let mut parts = partial.into_iter();
-    let mut sum = parts.next().unwrap_or_else(|| vec![T::ZERO; size]);
-    for part in parts {
-        sum.par_iter_mut()
-            .zip(part.par_iter())
-            .for_each(|(s, p)| *s += *p);
-    }
-    sum
+    sum_shares(partial, size)
 }

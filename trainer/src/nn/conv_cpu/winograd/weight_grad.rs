@@ -31,7 +31,7 @@ use super::{
     copy_lanes, lanes, needs_padding, patch_source, Columns, Lanes, Patches, Variant, ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
-use crate::nn::conv_cpu::geom::{Float, Geom};
+use crate::nn::conv_cpu::geom::{sum_shares, Float, Geom};
 use crate::nn::simd;
 
 /// Transformed values (`ξ·(c_in + c_out)` per tile) of a chunk.
@@ -163,13 +163,7 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
             du
         })
         .collect();
-    let mut parts = partial.into_iter();
-    let mut du = parts.next().unwrap_or_else(|| vec![T::ZERO; V::XI * plane]);
-    for part in parts {
-        du.par_iter_mut()
-            .zip(part.par_iter())
-            .for_each(|(s, p)| *s += *p);
-    }
+    let du = sum_shares(partial, V::XI * plane);
     // Gᵀ dU G per kernel: gather its XI values (XI planes apart) and transform.
     let mut kmat = vec![T::ZERO; plane * 9];
     kmat.par_chunks_mut(9 * g.c_in)
