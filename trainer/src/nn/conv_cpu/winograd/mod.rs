@@ -235,19 +235,8 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
             v.resize(V::XI * g.c_in * tiles, T::ZERO);
             m.resize(V::XI * g.c_out * tiles, T::ZERO);
             let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-            let (ga, a_i, trows) = patch_source(g, a_i, t0..t1, tw, V::M, pad, padded);
-            simd::dispatch_at_most(
-                ISA,
-                Patches::<T, V> {
-                    g: &ga,
-                    a: a_i,
-                    trows,
-                    tw,
-                    out: Columns::blocks(g.c_in, tiles),
-                    v,
-                    variant: PhantomData,
-                },
-            );
+            let at = Columns::blocks(g.c_in, tiles);
+            gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, padded, at, v);
             for xi in 0..V::XI {
                 let lhs = Mat {
                     ptr: u[xi * g.c_out * g.c_in..].as_ptr(),
@@ -304,24 +293,38 @@ fn needs_padding(g: &Geom, m: usize) -> bool {
     g.padding > 0 || th * m + 2 > g.h || tw.next_multiple_of(LANES) * m + 2 > g.w
 }
 
-/// Where the patches of tile rows `trows` of one sample `a_i` are gathered from,
-/// as `(geometry, input, tile rows)`: `a_i` itself, or when `pad` its rows'
-/// zero-padded copy in `buf` ([`padded_rows`]).
-fn patch_source<'a, T: Float>(
+/// [`Variant::transform_patches`] of tile rows `trows` of one sample `a_i` into
+/// `v` at `out`, at most at [`ISA`]: from `a_i` itself, or when `pad` from its
+/// rows' zero-padded copy in `buf` ([`padded_rows`]).
+#[allow(clippy::too_many_arguments)]
+fn gather_patches<T: Float, V: Variant>(
     g: &Geom,
-    a_i: &'a [T],
+    a_i: &[T],
     trows: std::ops::Range<usize>,
     tw: usize,
-    m: usize,
     pad: bool,
-    buf: &'a mut Vec<T>,
-) -> (Geom, &'a [T], std::ops::Range<usize>) {
-    if !pad {
-        return (*g, a_i, trows);
-    }
-    let rows = trows.len();
-    let gp = padded_rows(g, a_i, trows, tw, m, buf);
-    (gp, &buf[..], 0..rows)
+    buf: &mut Vec<T>,
+    out: Columns,
+    v: &mut [T],
+) {
+    let (ga, a_i, trows) = if pad {
+        let rows = trows.len();
+        (padded_rows(g, a_i, trows, tw, V::M, buf), &buf[..], 0..rows)
+    } else {
+        (*g, a_i, trows)
+    };
+    simd::dispatch_at_most(
+        ISA,
+        Patches::<T, V> {
+            g: &ga,
+            a: a_i,
+            trows,
+            tw,
+            out,
+            v,
+            variant: PhantomData,
+        },
+    );
 }
 
 /// The input rows under tile rows `trows` of one sample `a [c_in, h, w]`, with

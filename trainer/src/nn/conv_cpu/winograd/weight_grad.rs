@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    copy_lanes, lanes, needs_padding, patch_source, Columns, Lanes, Patches, Variant, ISA, LANES,
+    copy_lanes, gather_patches, lanes, needs_padding, Columns, Lanes, Variant, ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{sum_shares, Float, Geom};
@@ -99,24 +99,12 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                 let mut col0 = 0;
                 for &(i, t0, t1) in chunk {
                     let at = |channels: usize| Columns {
-                        xi_stride: channels * cols,
-                        ch_stride: cols,
                         col0,
+                        ..Columns::blocks(channels, cols)
                     };
                     let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-                    let (ga, a_i, trows) = patch_source(g, a_i, t0..t1, tw, V::M, pad, &mut padded);
-                    simd::dispatch_at_most(
-                        ISA,
-                        Patches::<T, V> {
-                            g: &ga,
-                            a: a_i,
-                            trows,
-                            tw,
-                            out: at(g.c_in),
-                            v: &mut v,
-                            variant: std::marker::PhantomData,
-                        },
-                    );
+                    let (out, v) = (at(g.c_in), &mut v[..]);
+                    gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, &mut padded, out, v);
                     simd::dispatch_at_most(
                         ISA,
                         OutputGrads::<T, V> {
