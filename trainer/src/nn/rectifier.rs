@@ -49,6 +49,38 @@ impl Rectifier {
     }
 }
 
+/// A [`Rectifier`] in an element type: its slope, and whether it is ReLU (whose
+/// output below 0 is 0, not `0 · x`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slope<T> {
+    pub(crate) slope: T,
+    pub(crate) relu: bool,
+}
+
+impl Rectifier {
+    /// This rectifier in the element type `T`.
+    pub(crate) fn in_type<T: WithDType>(self) -> Slope<T> {
+        Slope {
+            slope: T::from_f64(self.slope),
+            relu: self.slope == 0.0,
+        }
+    }
+}
+
+impl<T: WithDType> Slope<T> {
+    /// `y` where `y > 0`, else 0 (ReLU) or `slope · y`.
+    #[inline(always)]
+    pub(crate) fn apply(self, y: T) -> T {
+        if y > T::zero() {
+            y
+        } else if self.relu {
+            T::zero()
+        } else {
+            y * self.slope
+        }
+    }
+}
+
 /// The rectifier with the one-pass backward on f32 / f64 CPU tensors; Candle's ops
 /// on any other ([`Rectifier::candle`]).
 pub fn rectify(x: &Tensor, r: Rectifier) -> Result<Tensor> {
@@ -73,20 +105,14 @@ struct RectifierGrad {
 
 /// The rectifier in place, split over the thread pool.
 pub(crate) fn rectify_in_place<T: WithDType + Send + Sync>(v: &mut [T], r: Rectifier) {
-    let slope = T::from_f64(r.slope);
-    v.par_chunks_mut(CHUNK).for_each(|chunk| {
-        simd::dispatch(InPlace {
-            v: chunk,
-            slope,
-            relu: r.slope == 0.0,
-        })
-    });
+    let s = r.in_type::<T>();
+    v.par_chunks_mut(CHUNK)
+        .for_each(|chunk| simd::dispatch(InPlace { v: chunk, s }));
 }
 
 struct InPlace<'a, T> {
     v: &'a mut [T],
-    slope: T,
-    relu: bool,
+    s: Slope<T>,
 }
 
 impl<T: WithDType> Kernel for InPlace<'_, T> {
@@ -94,7 +120,7 @@ impl<T: WithDType> Kernel for InPlace<'_, T> {
     #[inline(always)]
     fn run(self) {
         let zero = T::zero();
-        if self.relu {
+        if self.s.relu {
             for x in self.v.iter_mut() {
                 if *x <= zero {
                     *x = zero;
@@ -103,7 +129,7 @@ impl<T: WithDType> Kernel for InPlace<'_, T> {
         } else {
             for x in self.v.iter_mut() {
                 if *x <= zero {
-                    *x *= self.slope;
+                    *x *= self.s.slope;
                 }
             }
         }
@@ -155,13 +181,9 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout, op: &'static str) -> Result<&'a [T]
 
 impl Rectify {
     fn apply<T: WithDType + Send + Sync>(&self, x: &[T]) -> Vec<T> {
-        let (zero, slope) = (T::zero(), T::from_f64(self.0.slope));
+        let s = self.0.in_type::<T>();
         // Both operands are x: the rectifier as the two-operand map.
-        if self.0.slope == 0.0 {
-            map2(x, x, move |x, _| if x > zero { x } else { zero })
-        } else {
-            map2(x, x, move |x, _| if x > zero { x } else { x * slope })
-        }
+        map2(x, x, move |x, _| s.apply(x))
     }
 }
 

@@ -17,7 +17,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::nn::profile;
-use crate::nn::rectifier::Rectifier;
+use crate::nn::rectifier::{Rectifier, Slope};
 use crate::nn::simd::{self, Kernel};
 
 /// Accumulators per sum (a vector of f64 at AVX-512).
@@ -47,36 +47,10 @@ impl InstanceNormOp {
     }
 }
 
-/// The rectifier as `(slope, is ReLU)` in `T`.
-#[derive(Clone, Copy)]
-struct Act<T> {
-    slope: T,
-    relu: bool,
-}
-
-fn act_in<T: WithDType>(act: Option<Rectifier>) -> Option<Act<T>> {
-    act.map(|r| Act {
-        slope: T::from_f64(r.slope),
-        relu: r.slope == 0.0,
-    })
-}
-
 /// `x_hat` rounded to `T` (as the separate op writes it).
 #[inline(always)]
 fn normalised<T: WithDType>(x: T, mean: f64, rstd: f64) -> T {
     T::from_f64((x.to_f64() - mean) * rstd)
-}
-
-/// `y` rectified (as [`crate::nn::rectifier`] computes it in `T`).
-#[inline(always)]
-fn rectified<T: WithDType>(y: T, act: Act<T>) -> T {
-    if y > T::zero() {
-        y
-    } else if act.relu {
-        T::zero()
-    } else {
-        y * act.slope
-    }
 }
 
 /// `(mean, 1 / sqrt(var + eps))` of one plane, the biased variance.
@@ -112,7 +86,7 @@ struct Forward<'a, T> {
     stats: &'a mut [(f64, f64)],
     plane: usize,
     eps: f64,
-    act: Option<Act<T>>,
+    act: Option<Slope<T>>,
 }
 
 impl<T: WithDType> Kernel for Forward<'_, T> {
@@ -131,7 +105,7 @@ impl<T: WithDType> Kernel for Forward<'_, T> {
                 }
                 Some(act) => {
                     for (y, x) in y.iter_mut().zip(x) {
-                        *y = rectified(normalised(*x, mean, rstd), act);
+                        *y = act.apply(normalised(*x, mean, rstd));
                     }
                 }
             }
@@ -150,13 +124,13 @@ struct Backward<'a, T> {
     dx: &'a mut [T],
     stats: &'a [(f64, f64)],
     plane: usize,
-    act: Option<Act<T>>,
+    act: Option<Slope<T>>,
 }
 
 impl<T: WithDType> Backward<'_, T> {
     /// `(g after the rectifier, x_hat)` of element `i` of a plane, as f64.
     #[inline(always)]
-    fn pair(act: Option<Act<T>>, x: T, out: T, g: T, mean: f64, rstd: f64) -> (f64, f64) {
+    fn pair(act: Option<Slope<T>>, x: T, out: T, g: T, mean: f64, rstd: f64) -> (f64, f64) {
         match act {
             None => (g.to_f64(), out.to_f64()),
             Some(a) => {
@@ -219,7 +193,7 @@ fn forward<T: WithDType>(
     let mut y = vec![T::zero(); x.len()];
     let mut stats = vec![(0f64, 0f64); x.len() / plane];
     let per = planes_per_task(plane);
-    let act = act_in::<T>(act);
+    let act = act.map(Rectifier::in_type::<T>);
     y.par_chunks_mut(per * plane)
         .zip(x.par_chunks(per * plane))
         .zip(stats.par_chunks_mut(per))
@@ -246,7 +220,7 @@ fn backward<T: WithDType>(
 ) -> Vec<T> {
     let mut dx = vec![T::zero(); x.len()];
     let per = planes_per_task(plane);
-    let act = act_in::<T>(act);
+    let act = act.map(Rectifier::in_type::<T>);
     let chunk = per * plane;
     dx.par_chunks_mut(chunk)
         .zip(stats.par_chunks(per))

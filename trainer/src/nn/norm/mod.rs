@@ -12,28 +12,18 @@
 
 mod instance_cpu;
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 
-use super::profile;
 use super::rectifier::Rectifier;
+use super::{conv_cpu, profile};
 use instance_cpu::InstanceNormOp;
 
 /// Instance normalisation of a `[N, C, H, W]` tensor: per sample and channel,
 /// over H and W, `(x - mean) / sqrt(var + eps)` with the biased variance, then
 /// `* weight + bias` per channel when `affine` is given (both `[C]`).
 pub fn instance_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
-    let (_, c, h, w) = x.dims4()?;
-    if h * w == 0 {
-        bail!("instance norm of an empty {h}x{w} plane")
-    }
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    let y = if fused {
-        let x = x.contiguous()?;
-        let op = InstanceNormOp::new(eps, h * w, None);
-        profile::time(profile::Op::InstanceNorm, || x.apply_op1(op))?
-    } else {
-        instance_norm_reference(x, eps)?
-    };
+    let y = normalise(x, eps, None)?;
+    let c = x.dim(1)?;
     match affine {
         Some((weight, bias)) => y
             .broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
@@ -47,15 +37,26 @@ pub fn instance_norm(x: &Tensor, eps: f64, affine: Option<(&Tensor, &Tensor)>) -
 /// (the gradient's mask taken where the output is positive, see
 /// [`crate::nn::rectifier`]); the two ops on any other.
 pub fn instance_norm_rectified(x: &Tensor, eps: f64, r: Rectifier) -> Result<Tensor> {
+    normalise(x, eps, Some(r))
+}
+
+/// Instance norm (no affine), then `act` when set: the fused CPU op where it runs
+/// ([`crate::nn::conv_cpu::supports`]), else the reference ops and Candle's
+/// rectifier.
+fn normalise(x: &Tensor, eps: f64, act: Option<Rectifier>) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if h * w == 0 {
         bail!("instance norm of an empty {h}x{w} plane")
     }
-    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
-        return r.candle(&instance_norm_reference(x, eps)?);
+    if !conv_cpu::supports(x) {
+        let y = instance_norm_reference(x, eps)?;
+        return match act {
+            Some(r) => r.candle(&y),
+            None => Ok(y),
+        };
     }
     let x = x.contiguous()?;
-    let op = InstanceNormOp::new(eps, h * w, Some(r));
+    let op = InstanceNormOp::new(eps, h * w, act);
     profile::time(profile::Op::InstanceNorm, || x.apply_op1(op))
 }
 
