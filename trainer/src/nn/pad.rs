@@ -266,10 +266,23 @@ mod tests {
                     g1.get(x.as_tensor()).unwrap(),
                     g2.get(x.as_tensor()).unwrap(),
                 );
+                // Both sum the same terms, in different orders: equal up to
+                // rounding, relative to the gradient's size (a pad of 7 or 9 on
+                // a 2x3 image adds about 18 terms to each pixel).
+                let scale = g2
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                let tol = match dtype {
+                    DType::F32 => 1e-5,
+                    _ => 1e-12,
+                } * scale.max(1.0);
                 let d = (g1 - g2)?.abs()?.max_all()?.to_dtype(DType::F64)?;
+                let d = d.to_scalar::<f64>()?;
                 assert!(
-                    d.to_scalar::<f64>()? < 1e-6,
-                    "{shape:?} {pads:?} {dtype:?} gradient"
+                    d <= tol,
+                    "{shape:?} {pads:?} {dtype:?} gradient: {d} > {tol}"
                 );
             }
         }
