@@ -99,6 +99,24 @@ impl DeviceChoice {
     }
 }
 
+/// A `VarMap` over existing variables (shared, not copied) under the given
+/// names, for [`Network::from_varmap`] to build a graph on variables that other
+/// networks own (a later name replaces an earlier equal one).
+pub fn shared_varmap<'a>(vars: impl IntoIterator<Item = (String, &'a Var)>) -> VarMap {
+    let map = VarMap::new();
+    {
+        let data = map.data();
+        // A fresh map's lock: no other thread has held it, so it cannot be poisoned.
+        let mut data = data
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, var) in vars {
+            data.insert(name, var.clone());
+        }
+    }
+    map
+}
+
 /// A network: an [`Arch`] and its parameters as Candle variables.
 ///
 /// `clone()` shares the variables (Candle `Var`s are reference-counted): a clone
@@ -435,15 +453,20 @@ impl Network {
     /// A `VarMap` holding this network's variables (shared, not copied) under
     /// the architecture's names, buffers included.
     pub fn varmap(&self) -> VarMap {
-        let map = VarMap::new();
-        {
-            let data = map.data();
-            let mut data = data.lock().expect("a fresh VarMap");
-            for (s, v) in self.parameters() {
-                data.insert(s.name.clone(), v.clone());
-            }
-        }
-        map
+        shared_varmap(self.named_vars(None))
+    }
+
+    /// This network's variables under their names, each prefixed by `prefix.`
+    /// when given: what [`shared_varmap`] takes to put several networks' variables
+    /// in one map (a graph that wires them together).
+    pub fn named_vars<'a>(
+        &'a self,
+        prefix: Option<&'a str>,
+    ) -> impl Iterator<Item = (String, &'a Var)> + 'a {
+        self.parameters().map(move |(s, v)| match prefix {
+            Some(p) => (format!("{p}.{}", s.name), v),
+            None => (s.name.clone(), v),
+        })
     }
 
     /// A network with this one's architecture and backend whose variables are copies

@@ -54,7 +54,6 @@
 use std::path::Path;
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarMap;
 use ldct_proto::arch::{Arch, Node, Op, Preset, ARCH_SCHEMA_VERSION, INPUT};
 use rand::rngs::StdRng;
 
@@ -64,7 +63,7 @@ use super::config::TrainConfig;
 use super::method::{
     l1, load_nets, lsgan, named_trainable, save_nets, scalar, with_identity, Method,
 };
-use crate::model::{Init, ModelError, Network};
+use crate::model::{shared_varmap, Init, ModelError, Network};
 
 /// Checkpoint sub-folders of F, G and H (the discriminators' are
 /// [`super::adversary::NETS`]).
@@ -172,22 +171,11 @@ pub fn denoiser(f: &Network, h: &Network, gamma: f64) -> std::result::Result<Net
         output_channels: 1,
         nodes,
     };
-    let map = VarMap::new();
-    let expected = {
-        let data = map.data();
-        let mut data = data
-            .lock()
-            .map_err(|_| ModelError::Unsupported("the VarMap's lock is poisoned".into()))?;
-        for (prefix, net, used) in [(F_PREFIX, f, use_f), (H_PREFIX, h, use_h)] {
-            if !used {
-                continue;
-            }
-            for (spec, var) in net.parameters() {
-                data.insert(format!("{prefix}.{}", spec.name), var.clone());
-            }
-        }
-        data.len()
-    };
+    let used = [(F_PREFIX, f, use_f), (H_PREFIX, h, use_h)]
+        .into_iter()
+        .filter(|&(_, _, used)| used);
+    let map = shared_varmap(used.flat_map(|(prefix, net, _)| net.named_vars(Some(prefix))));
+    let expected = map.all_vars().len();
     let net = Network::from_varmap(arch, &map, f.device(), f.dtype(), Init::default(), 0)?;
     let created = net.parameters().count();
     if created != expected {

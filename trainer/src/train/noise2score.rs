@@ -88,7 +88,6 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarMap;
 use ldct_proto::arch::{Arch, ArchError, Node, Op, Preset, ARCH_SCHEMA_VERSION, INPUT};
 use ndarray::Array2;
 use rand::rngs::StdRng;
@@ -102,7 +101,7 @@ use super::method::{named_trainable, scalar, Method};
 use super::noise_correlation::{
     estimate_correlation, estimator_range, ColoredNoise, NoiseCorrelation, BLOCK, MIN_NPS_BLOCKS,
 };
-use crate::model::{Init, ModelError, Network, WEIGHTS_FILE};
+use crate::model::{shared_varmap, Init, ModelError, Network, WEIGHTS_FILE};
 
 /// `Phi^-1(3/4)`: median |N(0, 1)|.
 const MAD_Z: f64 = 0.674_489_750_196_081_7;
@@ -488,16 +487,7 @@ pub fn denoiser_network(
     noise_scale: f64,
 ) -> std::result::Result<Network, ModelError> {
     let arch = denoiser_arch(score.arch(), tweedie, noise_scale)?;
-    let map = VarMap::new();
-    {
-        let data = map.data();
-        let mut data = data
-            .lock()
-            .map_err(|_| ModelError::Unsupported("a fresh VarMap's lock is poisoned".into()))?;
-        for (spec, var) in score.parameters() {
-            data.insert(format!("{SCORE_PREFIX}.{}", spec.name), var.clone());
-        }
-    }
+    let map = shared_varmap(score.named_vars(Some(SCORE_PREFIX)));
     let net = Network::from_varmap(
         arch,
         &map,
