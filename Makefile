@@ -92,13 +92,20 @@ data: setup
 # minutes on a quiet 2-core machine at about 0.2 s per step (trainer/README.md; the
 # 3-hour budget of issue 17 leaves room for a busy machine); each stage resumable with
 # `ldct-train fit --resume --run RUN`.
+# The export's version and `created` time (SOURCE_DATE_EPOCH, 2026-12-06T00:00:00Z):
+# fixed, so that `make model` writes models/default byte for byte (check with
+# `git status models/default`; the same weights need the same SIMD level and 2 threads,
+# trainer/README.md "Determinism and resume").
+DEFAULT_MODEL_VERSION = 2.4.0
+DEFAULT_MODEL_EPOCH = 1796515200
 model: data
+	$(CARGO) build --release -p ldct-export
 	rm -rf runs/default-base runs/default-stage2 runs/default-stage3 runs/default
 	$(TRAIN_RELEASE) fit --config configs/default.toml --run runs/default-base
 	$(TRAIN_RELEASE) fit --config configs/default-finetune.toml --run runs/default-stage2
 	$(TRAIN_RELEASE) fit --config configs/default-finetune2.toml --run runs/default-stage3
 	$(TRAIN_RELEASE) fit --config configs/default-finetune3.toml --run runs/default --eval data/ct-multi/levels/30hu
-	$(RUN_ENV) target/release/ldct-export --run runs/default --out models/default --name default --version 2.4.0
+	$(RUN_ENV) SOURCE_DATE_EPOCH=$(DEFAULT_MODEL_EPOCH) target/release/ldct-export --run runs/default --out models/default --name default --version $(DEFAULT_MODEL_VERSION)
 
 # docs/QUALITY.md: every method on the test split beside tuned NL-means / TV.
 # docs/QUALITY_MULTI.md: the runs in QUALITY_MULTI_RUNS (NAME=RUN_DIR ...) on data/ct-multi's

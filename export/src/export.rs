@@ -69,6 +69,9 @@ pub struct ExportOptions {
     pub parity_slice: Option<PathBuf>,
     /// Leave out the random inputs of the parity check (the CT slice still runs).
     pub parity_random: bool,
+    /// The manifest's `created` (inside `model.onnx` too); the time of the export
+    /// when `None`. A fixed time makes the same run export to the same bytes.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ExportOptions {
@@ -84,6 +87,7 @@ impl ExportOptions {
             opset: ldct_proto::onnx::DEFAULT_OPSET,
             parity_slice: None,
             parity_random: true,
+            created: None,
         }
     }
 }
@@ -154,6 +158,7 @@ pub fn export_network(net: &Network, opts: &ExportOptions) -> Result<ExportRepor
         method: opts.method,
         precision: opts.precision.as_str(),
         opset: opts.opset,
+        created: opts.created.unwrap_or_else(chrono::Utc::now),
     };
     let embedded = build_manifest(&card, EMBEDDED_SHA256);
     embedded

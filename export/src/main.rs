@@ -1,7 +1,7 @@
 //! `ldct-export`: model folders for the server.
 //!
 //! - `ldct-export --run RUN --out models/NAME [--name NAME] [--version V]
-//!   [--precision fp32|fp16]` exports a training run (`arch.json` +
+//!   [--precision fp32|fp16] [--source-date-epoch S]` exports a training run (`arch.json` +
 //!   `weights.safetensors`) as `model.onnx` + `manifest.json` and proves parity
 //!   against the Candle forward (non-zero exit when it fails).
 //! - `ldct-export export ...` is the same.
@@ -101,6 +101,28 @@ struct ExportArgs {
     /// CT_small.dcm from the project venv.
     #[arg(long)]
     parity_slice: Option<PathBuf>,
+    /// The manifest's `created` time, in seconds since 1970-01-01 UTC (the
+    /// reproducible-builds convention): the same run then exports to the same
+    /// bytes. Unset or empty: the time of the export.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_parser = parse_epoch)]
+    source_date_epoch: Option<Epoch>,
+}
+
+/// A `--source-date-epoch` value; empty (the variable set to nothing) means unset.
+#[derive(Debug, Clone, Copy)]
+struct Epoch(Option<chrono::DateTime<chrono::Utc>>);
+
+fn parse_epoch(s: &str) -> Result<Epoch, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Epoch(None));
+    }
+    let secs: i64 = s
+        .parse()
+        .map_err(|_| format!("{s:?}: expected whole seconds since 1970-01-01 UTC"))?;
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| Epoch(Some(t)))
+        .ok_or_else(|| format!("{secs} seconds since 1970 is out of range"))
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -121,6 +143,7 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
         method: a.method,
         opset: a.opset,
         parity_slice: a.parity_slice,
+        created: a.source_date_epoch.and_then(|e| e.0),
         ..ExportOptions::new(a.run, a.out)
     };
     let report = ldct_export::export_run(&opts)

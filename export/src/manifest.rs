@@ -72,6 +72,8 @@ pub struct CardInput<'a> {
     pub method: Method,
     pub precision: &'a str,
     pub opset: i64,
+    /// The manifest's `created`.
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 /// The manifest, with `sha256` (use [`EMBEDDED_SHA256`] for the copy inside the file).
@@ -81,7 +83,7 @@ pub fn build_manifest(input: &CardInput<'_>, sha256: &str) -> Manifest {
         schema_version: SCHEMA_VERSION,
         name: input.name.to_string(),
         version: input.version.to_string(),
-        created: chrono::Utc::now(),
+        created: input.created,
         method: input.run.method.unwrap_or(input.method),
         arch: ArchSummary {
             preset: arch.preset.kind().to_string(),
@@ -215,6 +217,7 @@ mod tests {
                 method: Method::Supervised,
                 precision: "fp32",
                 opset: 17,
+                created: chrono::Utc::now(),
             },
             EMBEDDED_SHA256,
         );

@@ -90,3 +90,71 @@ fn a_missing_run_is_a_clear_non_zero_exit() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("int8"));
 }
+
+/// `SOURCE_DATE_EPOCH` (or `--source-date-epoch`) fixes the manifest's `created`,
+/// so exporting the same run twice writes the same bytes (what `make model` relies
+/// on to reproduce `models/default`); without it the two exports differ in
+/// `created` only. A malformed value is a clear error.
+#[test]
+fn a_source_date_epoch_makes_the_export_byte_for_byte_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig {
+        filters: 3,
+        kernel: 3,
+    }))
+    .unwrap();
+    let net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), 8).unwrap();
+    net.randomise_for_testing(8).unwrap();
+    let run = tmp.path().join("run");
+    net.save_dir(&run).unwrap();
+    let export = |out: &str, epoch: Option<&str>| {
+        let out = tmp.path().join(out);
+        let mut cmd = bin();
+        cmd.args([
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--name", "m"])
+        .env_remove("SOURCE_DATE_EPOCH");
+        if let Some(e) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", e);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+        (read("model.onnx"), read("manifest.json"))
+    };
+    let a = export("a", Some("1764979200"));
+    let b = export("b", Some("1764979200"));
+    assert!(
+        a.0 == b.0,
+        "model.onnx differs between two exports of one run"
+    );
+    assert!(
+        a.1 == b.1,
+        "manifest.json differs between two exports of one run"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&a.1).unwrap();
+    assert_eq!(m["created"], "2025-12-06T00:00:00Z");
+
+    // Unset: the time of the export (a different `created` inside model.onnx).
+    let c = export("c", None);
+    let m: serde_json::Value = serde_json::from_slice(&c.1).unwrap();
+    assert_ne!(m["created"], "2025-12-06T00:00:00Z");
+    assert!(c.0 != a.0);
+
+    let o = bin()
+        .args(["--run", run.to_str().unwrap()])
+        .args(["--out", tmp.path().join("d").to_str().unwrap()])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("yesterday") && err.contains("seconds"),
+        "{err}"
+    );
+}
