@@ -119,19 +119,8 @@ impl<T: WithDType> Kernel for InPlace<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let zero = T::zero();
-        if self.s.relu {
-            for x in self.v.iter_mut() {
-                if *x <= zero {
-                    *x = zero;
-                }
-            }
-        } else {
-            for x in self.v.iter_mut() {
-                if *x <= zero {
-                    *x *= self.s.slope;
-                }
-            }
+        for x in self.v.iter_mut() {
+            *x = self.s.apply(*x);
         }
     }
 }
@@ -304,17 +293,24 @@ mod tests {
         Ok(())
     }
 
-    /// The fused form: in place, and the gradient by the output, equal the op's.
+    /// The fused form: in place, and the gradient by the output, equal the op's,
+    /// bit for bit; in place NaN, infinities and signed zeros included (one rule,
+    /// `Slope::apply`: ReLU maps NaN to 0 as Candle's `relu` does).
     #[test]
     fn in_place_and_gradient_by_output_match_the_op() -> Result<()> {
         let dev = Device::Cpu;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for r in [Rectifier::RELU, Rectifier::leaky(0.2)] {
+            let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY];
+            let mut v = Tensor::randn(0f32, 1.0, (CHUNK + 5,), &dev)?.to_vec1::<f32>()?;
+            v[..special.len()].copy_from_slice(&special);
+            let y = rectify(&Tensor::new(v.as_slice(), &dev)?, r)?;
+            rectify_in_place(&mut v, r);
+            assert_eq!(bits(&v), bits(&y.to_vec1::<f32>()?), "{r:?}");
+
             let x = Tensor::randn(0f32, 1.0, (CHUNK + 5,), &dev)?;
             let g = Tensor::randn(0f32, 1.0, (CHUNK + 5,), &dev)?;
-            let mut v = x.to_vec1::<f32>()?;
-            rectify_in_place(&mut v, r);
             let y = rectify(&x, r)?;
-            assert_eq!(v, y.to_vec1::<f32>()?);
             let var = Var::from_tensor(&x)?;
             let grads = (rectify(var.as_tensor(), r)? * &g)?.sum_all()?.backward()?;
             let by_output = grad_by_output(&g, &y, r)?;
