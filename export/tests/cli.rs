@@ -1,6 +1,7 @@
 //! The `ldct-export` binary: the top-level form, the `export` subcommand,
 //! `check`, and a clear non-zero exit on a bad run folder.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
@@ -12,18 +13,24 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ldct-export"))
 }
 
-#[test]
-fn top_level_and_subcommand_forms_export_and_check() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A run folder `dir/run` of a tiny RED-CNN with random weights from `seed`.
+fn redcnn_run(dir: &Path, seed: u64) -> PathBuf {
     let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig {
         filters: 3,
         kernel: 3,
     }))
     .unwrap();
-    let net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), 5).unwrap();
-    net.randomise_for_testing(5).unwrap();
-    let run = tmp.path().join("run");
+    let net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), seed).unwrap();
+    net.randomise_for_testing(seed).unwrap();
+    let run = dir.join("run");
     net.save_dir(&run).unwrap();
+    run
+}
+
+#[test]
+fn top_level_and_subcommand_forms_export_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = redcnn_run(tmp.path(), 5);
     std::fs::write(run.join("train.toml"), "method = \"noise2score\"\n").unwrap();
     std::fs::write(run.join("metrics.csv"), "epoch,val_psnr\n1,33.5\n").unwrap();
 
@@ -98,15 +105,7 @@ fn a_missing_run_is_a_clear_non_zero_exit() {
 #[test]
 fn a_source_date_epoch_makes_the_export_byte_for_byte_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
-    let arch = Arch::from_preset(&Preset::Redcnn(RedcnnConfig {
-        filters: 3,
-        kernel: 3,
-    }))
-    .unwrap();
-    let net = Network::new(arch, &Device::Cpu, DType::F32, Init::default(), 8).unwrap();
-    net.randomise_for_testing(8).unwrap();
-    let run = tmp.path().join("run");
-    net.save_dir(&run).unwrap();
+    let run = redcnn_run(tmp.path(), 8);
     let export = |out: &str, epoch: Option<&str>| {
         let out = tmp.path().join(out);
         let mut cmd = bin();
