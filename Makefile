@@ -88,10 +88,10 @@ data: setup
 # 10000 steps), then configs/default-finetune.toml (3000 more steps),
 # configs/default-finetune2.toml (4000 more) and configs/default-finetune3.toml (5000
 # more), each a warm restart at a lower learning rate, evaluated on the 30 HU
-# multi-anatomy test set, exported to models/default. Budget: 22000 steps, about 80
-# minutes on a quiet 2-core machine at about 0.2 s per step (trainer/README.md; the
-# 3-hour budget of issue 17 leaves room for a busy machine); each stage resumable with
-# `ldct-train fit --resume --run RUN`.
+# multi-anatomy test set, exported to models/default. Budget: 22000 steps, 76 minutes
+# for the whole target on a quiet 2-core AMD EPYC (AVX-512) at about 0.2 s per step
+# (trainer/README.md; the 3-hour budget of issue 17 leaves room for a busy or AVX2-only
+# machine); each stage resumable with `ldct-train fit --resume --run RUN`.
 # The export's version and `created` time (SOURCE_DATE_EPOCH, 2026-12-06T00:00:00Z):
 # fixed, so that `make model` writes models/default byte for byte (check with
 # `git status models/default`; the same weights need the same SIMD level and 2 threads,
