@@ -39,12 +39,25 @@ impl Rectifier {
         Rectifier { slope }
     }
 
+    /// Whether this is ReLU (slope 0).
+    pub fn is_relu(self) -> bool {
+        self.slope == 0.0
+    }
+
     /// The same on any device and dtype, from Candle's ops (the reference path).
     pub fn candle(self, x: &Tensor) -> Result<Tensor> {
-        if self.slope == 0.0 {
+        if self.is_relu() {
             x.relu()
         } else {
             candle_nn::ops::leaky_relu(x, self.slope)
+        }
+    }
+
+    /// This rectifier in the element type `T`.
+    pub(crate) fn in_type<T: WithDType>(self) -> Slope<T> {
+        Slope {
+            slope: T::from_f64(self.slope),
+            relu: self.is_relu(),
         }
     }
 }
@@ -55,16 +68,6 @@ impl Rectifier {
 pub(crate) struct Slope<T> {
     pub(crate) slope: T,
     pub(crate) relu: bool,
-}
-
-impl Rectifier {
-    /// This rectifier in the element type `T`.
-    pub(crate) fn in_type<T: WithDType>(self) -> Slope<T> {
-        Slope {
-            slope: T::from_f64(self.slope),
-            relu: self.slope == 0.0,
-        }
-    }
 }
 
 impl<T: WithDType> Slope<T> {
@@ -178,7 +181,7 @@ impl Rectify {
 
 impl CustomOp1 for Rectify {
     fn name(&self) -> &'static str {
-        if self.0.slope == 0.0 {
+        if self.0.is_relu() {
             "ldct-relu"
         } else {
             "ldct-leaky-relu"
@@ -207,7 +210,7 @@ impl CustomOp1 for Rectify {
 impl RectifierGrad {
     fn apply<T: WithDType + Send + Sync>(&self, g: &[T], v: &[T]) -> Vec<T> {
         let (zero, slope) = (T::zero(), T::from_f64(self.r.slope));
-        match (self.of_output, self.r.slope == 0.0) {
+        match (self.of_output, self.r.is_relu()) {
             (true, true) => map2(g, v, move |g, v| if v > zero { g } else { zero }),
             (false, true) => map2(g, v, move |g, v| if v >= zero { g } else { zero }),
             (true, false) => map2(g, v, move |g, v| if v > zero { g } else { g * slope }),
