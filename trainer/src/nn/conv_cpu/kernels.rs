@@ -80,8 +80,7 @@ pub fn data_grad<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>) ->
     }
     if winograd::applies_to_data_grad(g) {
         return time(Op::ConvDataGradWinograd, || {
-            let flipped = winograd::flip_kernels(kmat, g.c_out, g.c_in);
-            winograd::forward(&winograd::transposed(g), b, &flipped, bias)
+            winograd::data_grad(g, b, kmat, bias)
         });
     }
     time(Op::ConvDataGradIm2col, || {

@@ -1,6 +1,7 @@
 //! F(2x2, 3x3): 2x2 output tiles from 4x4 patches, 16 transform positions
 //! (`Bᵀ`, `G`, `Aᵀ` of Lavin & Gray's F(2, 3) with the points 0, ±1).
 
+use super::kernel_transform::Arith;
 use super::{copy_lanes, lanes, Columns, Lanes, Variant, LANES};
 use crate::nn::conv_cpu::geom::{Float, Geom};
 
@@ -11,10 +12,10 @@ impl Variant for F2x2 {
     const XI: usize = 16;
 
     #[inline(always)]
-    fn transform_kernel<T: Float>(k: &[T; 9]) -> [T; 36] {
-        let half = T::from_f64(0.5);
+    fn transform_kernel<N: Arith>(k: &[N; 9]) -> [N; 36] {
+        let (zero, half) = (N::splat(0.0), N::splat(0.5));
         // G k: 4x3.
-        let mut gk = [[T::ZERO; 3]; 4];
+        let mut gk = [[zero; 3]; 4];
         for j in 0..3 {
             let (k0, k1, k2) = (k[j], k[3 + j], k[6 + j]);
             gk[0][j] = k0;
@@ -23,7 +24,7 @@ impl Variant for F2x2 {
             gk[3][j] = k2;
         }
         // (G k) Gᵀ: 4x4.
-        let mut u = [T::ZERO; 36];
+        let mut u = [zero; 36];
         for (r, row) in gk.iter().enumerate() {
             let (a, b, c) = (row[0], row[1], row[2]);
             let vals = [a, (a + b + c) * half, (a - b + c) * half, c];
@@ -121,13 +122,14 @@ impl Variant for F2x2 {
     unsafe fn write_tiles<T: Float>(
         g: &Geom,
         m: &[T],
+        m_xi: usize,
         trows: std::ops::Range<usize>,
         tw: usize,
         bias: Option<&[T]>,
         b: *mut T,
     ) {
         let tiles = trows.len() * tw;
-        let stride_xi = g.c_out * tiles;
+        let stride_xi = m_xi;
         for co in 0..g.c_out {
             let beta = bias.map_or(T::ZERO, |b| b[co]);
             let plane = co * g.ho * g.wo;

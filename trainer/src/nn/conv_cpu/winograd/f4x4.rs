@@ -10,6 +10,7 @@
 //!      [ 0  4  0 -5  0  1 ]       [    0     0     1  ]
 //! ```
 
+use super::kernel_transform::Arith;
 use super::{copy_lanes, Columns, Lanes, Variant, LANES};
 use crate::nn::conv_cpu::geom::{Float, Geom};
 
@@ -65,16 +66,16 @@ impl Variant for F4x4 {
     const XI: usize = 36;
 
     #[inline(always)]
-    fn transform_kernel<T: Float>(k: &[T; 9]) -> [T; 36] {
+    fn transform_kernel<N: Arith>(k: &[N; 9]) -> [N; 36] {
         // G's rows applied to three values (`sixth` is -1/6).
-        let g = |k0: T, k1: T, k2: T| -> [T; 6] {
+        let g = |k0: N, k1: N, k2: N| -> [N; 6] {
             let (sixth, c24, c12) = (
-                T::from_f64(-1.0 / 6.0),
-                T::from_f64(1.0 / 24.0),
-                T::from_f64(1.0 / 12.0),
+                N::splat(-1.0 / 6.0),
+                N::splat(1.0 / 24.0),
+                N::splat(1.0 / 12.0),
             );
             [
-                k0 * T::from_f64(0.25),
+                k0 * N::splat(0.25),
                 (k0 + k1 + k2) * sixth,
                 (k0 - k1 + k2) * sixth,
                 k0 * c24 + k1 * c12 - k2 * sixth,
@@ -83,9 +84,9 @@ impl Variant for F4x4 {
             ]
         };
         // G k: 6x3, a column at a time.
-        let cols: [[T; 6]; 3] = std::array::from_fn(|j| g(k[j], k[3 + j], k[6 + j]));
+        let cols: [[N; 6]; 3] = std::array::from_fn(|j| g(k[j], k[3 + j], k[6 + j]));
         // (G k) Gᵀ: 6x6, a row at a time.
-        let mut u = [T::ZERO; 36];
+        let mut u = [N::splat(0.0); 36];
         for r in 0..6 {
             let row = g(cols[0][r], cols[1][r], cols[2][r]);
             u[r * 6..r * 6 + 6].copy_from_slice(&row);
@@ -179,13 +180,14 @@ impl Variant for F4x4 {
     unsafe fn write_tiles<T: Float>(
         g: &Geom,
         m: &[T],
+        m_xi: usize,
         trows: std::ops::Range<usize>,
         tw: usize,
         bias: Option<&[T]>,
         b: *mut T,
     ) {
         let tiles = trows.len() * tw;
-        let stride_xi = g.c_out * tiles;
+        let stride_xi = m_xi;
         for co in 0..g.c_out {
             let beta = bias.map_or(T::ZERO, |b| b[co]);
             let plane = co * g.ho * g.wo;

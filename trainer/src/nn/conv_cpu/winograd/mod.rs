@@ -26,9 +26,13 @@
 //! gradient of a stride-1 convolution: a convolution of the output gradient with
 //! the kernels flipped and their channel axes swapped, with padding `2 - p`.
 
+mod data_grad;
 mod f2x2;
 mod f4x4;
+mod kernel_transform;
 mod weight_grad;
+
+pub use data_grad::data_grad;
 
 pub use weight_grad::{applies as applies_to_weight_grad, weight_grad};
 
@@ -39,6 +43,7 @@ use rayon::prelude::*;
 use super::gemm::{matmul, Mat};
 use super::geom::{Float, Geom, SharedMut};
 use crate::nn::simd;
+use kernel_transform::{transform_kernels, Arith, Kernels};
 
 /// The widest level the transforms are compiled for. They work on arrays of
 /// [`LANES`] = 8 tiles (256 bits of f32); built for AVX-512, LLVM turns their
@@ -73,8 +78,9 @@ pub fn applies_to_data_grad(g: &Geom) -> bool {
 }
 
 /// The convolution whose forward is the input gradient of `g` (stride 1, 3x3):
-/// from `B` to `A`, padding `2 - p`. Its kernel matrix is [`flip_kernels`].
-pub fn transposed(g: &Geom) -> Geom {
+/// from `B` to `A`, padding `2 - p`, with `g`'s kernels rotated by 180° and
+/// their channel axes swapped ([`Kernels::Flipped`]).
+fn transposed(g: &Geom) -> Geom {
     Geom {
         n: g.n,
         c_in: g.c_out,
@@ -91,45 +97,6 @@ pub fn transposed(g: &Geom) -> Geom {
     }
 }
 
-/// `K'[ci, co, ky, kx] = K[co, ci, 2 - ky, 2 - kx]` for `kmat [c_out, c_in, 3, 3]`.
-pub fn flip_kernels<T: Float>(kmat: &[T], c_out: usize, c_in: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; kmat.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            let src = &kmat[(co * c_in + ci) * 9..(co * c_in + ci + 1) * 9];
-            let dst = &mut out[(ci * c_out + co) * 9..(ci * c_out + co + 1) * 9];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
-            }
-        }
-    }
-    out
-}
-
-/// `U_ξ [c_out, c_in]` for every ξ of `V`: `G g Gᵀ` of every kernel. Kernels
-/// are transformed [`KERNEL_BLOCK`] at a time into a small buffer and written as
-/// one contiguous run per ξ (one kernel's values land in ξ planes MiBs apart).
-fn transform_kernels<T: Float, V: Variant>(g: &Geom, kmat: &[T]) -> Vec<T> {
-    const KERNEL_BLOCK: usize = 64;
-    let plane = g.c_out * g.c_in;
-    let mut u = vec![T::ZERO; V::XI * plane];
-    let mut block = [[T::ZERO; 36]; KERNEL_BLOCK];
-    for (b, ks) in kmat.chunks(9 * KERNEL_BLOCK).enumerate() {
-        let count = ks.len() / 9;
-        for (t, k) in block.iter_mut().zip(ks.chunks_exact(9)) {
-            *t = V::transform_kernel(k.try_into().expect("chunks of 9"));
-        }
-        let first = b * KERNEL_BLOCK;
-        for xi in 0..V::XI {
-            let run = &mut u[xi * plane + first..xi * plane + first + count];
-            for (o, t) in run.iter_mut().zip(&block) {
-                *o = t[xi];
-            }
-        }
-    }
-    u
-}
-
 /// Where a transform writes its tiles: the value of transform position ξ,
 /// channel c and tile t at `ξ·xi_stride + c·ch_stride + col0 + t`.
 #[derive(Debug, Clone, Copy)]
@@ -137,17 +104,6 @@ pub(super) struct Columns {
     pub(super) xi_stride: usize,
     pub(super) ch_stride: usize,
     pub(super) col0: usize,
-}
-
-impl Columns {
-    /// [`Variant::XI`] blocks of `channels x tiles`, from column 0.
-    fn blocks(channels: usize, tiles: usize) -> Columns {
-        Columns {
-            xi_stride: channels * tiles,
-            ch_stride: tiles,
-            col0: 0,
-        }
-    }
 }
 
 /// One Winograd variant F(m x m, 3x3): its tile size and its three transforms.
@@ -158,8 +114,8 @@ pub(super) trait Variant {
     const XI: usize;
 
     /// `G g Gᵀ` of one 3x3 kernel (row-major `g`), its first [`Self::XI`]
-    /// values.
-    fn transform_kernel<T: Float>(k: &[T; 9]) -> [T; 36];
+    /// values (of one kernel, or of [`LANES`] side by side).
+    fn transform_kernel<N: Arith>(k: &[N; 9]) -> [N; 36];
 
     /// `V_ξ [c_in, tiles]`: `Bᵀ d B` of the patch under every tile of tile rows
     /// `trows` of one sample `a [c_in, h, w]`, `tw` tiles per row, into `v` at
@@ -175,15 +131,17 @@ pub(super) trait Variant {
 
     /// `Aᵀ M A` of every tile of tile rows `trows` (+ bias) into one sample's
     /// output `b [c_out, ho, wo]`, dropping the pixels past its edge; `m` holds
-    /// [`Self::XI`] blocks of `c_out x tiles`.
+    /// [`Self::XI`] blocks of `c_out x tiles`, `m_xi` apart.
     ///
     /// # Safety
     ///
     /// `b` must point to `c_out·ho·wo` writable elements whose rows `m·trows.start
     /// .. m·trows.end` of every channel no one else accesses meanwhile.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn write_tiles<T: Float>(
         g: &Geom,
         m: &[T],
+        m_xi: usize,
         trows: std::ops::Range<usize>,
         tw: usize,
         bias: Option<&[T]>,
@@ -209,20 +167,31 @@ const F4X4_MIN_SIDE: usize = 24;
 
 /// `B = conv(A, K) (+ bias)` for a geometry where [`applies`] holds.
 pub fn forward<T: Float>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> Vec<T> {
+    run_kernels(g, a, Kernels::Own(kmat), bias)
+}
+
+/// [`forward`] of `g` with its kernels as `kernels` holds them, in the variant
+/// [`use_f4x4`] picks.
+fn run_kernels<T: Float>(g: &Geom, a: &[T], kernels: Kernels<'_, T>, bias: Option<&[T]>) -> Vec<T> {
     if use_f4x4(g) {
-        run::<T, f4x4::F4x4>(g, a, kmat, bias)
+        run::<T, f4x4::F4x4>(g, a, kernels, bias)
     } else {
-        run::<T, f2x2::F2x2>(g, a, kmat, bias)
+        run::<T, f2x2::F2x2>(g, a, kernels, bias)
     }
 }
 
 /// [`forward`] with the variant `V`.
-fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) -> Vec<T> {
+fn run<T: Float, V: Variant>(
+    g: &Geom,
+    a: &[T],
+    kernels: Kernels<'_, T>,
+    bias: Option<&[T]>,
+) -> Vec<T> {
     let mut b = vec![T::ZERO; g.n * g.b_len()];
     if g.n == 0 || g.ho == 0 || g.wo == 0 {
         return b;
     }
-    let u = transform_kernels::<T, V>(g, kmat);
+    let u = transform_kernels::<T, V>(g, kernels);
     let tw = g.wo.div_ceil(V::M);
     let tasks = tile_tasks(g, g.c_in + g.c_out, V::M, V::XI);
     let parallel_gemm = tasks.len() < rayon::current_num_threads();
@@ -232,10 +201,15 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
         || (Vec::new(), Vec::new(), Vec::new()),
         |(v, m, padded): &mut (Vec<T>, Vec<T>, Vec<T>), &(i, t0, t1)| {
             let tiles = (t1 - t0) * tw;
-            v.resize(V::XI * g.c_in * tiles, T::ZERO);
-            m.resize(V::XI * g.c_out * tiles, T::ZERO);
+            let (v_xi, m_xi) = (xi_stride(g.c_in * tiles), xi_stride(g.c_out * tiles));
+            v.resize(V::XI * v_xi, T::ZERO);
+            m.resize(V::XI * m_xi, T::ZERO);
             let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-            let at = Columns::blocks(g.c_in, tiles);
+            let at = Columns {
+                xi_stride: v_xi,
+                ch_stride: tiles,
+                col0: 0,
+            };
             gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, padded, at, v);
             for xi in 0..V::XI {
                 let lhs = Mat {
@@ -244,18 +218,19 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
                     cs: 1,
                 };
                 let rhs = Mat {
-                    ptr: v[xi * g.c_in * tiles..].as_ptr(),
+                    ptr: v[xi * v_xi..].as_ptr(),
                     rs: tiles,
                     cs: 1,
                 };
-                // SAFETY: m holds XI blocks of c_out x tiles; u holds XI blocks
-                // of c_out x c_in; v holds XI blocks of c_in x tiles.
+                // SAFETY: m holds XI blocks of c_out x tiles (m_xi apart); u
+                // holds XI blocks of c_out x c_in; v holds XI blocks of c_in x
+                // tiles (v_xi apart).
                 unsafe {
                     matmul(
                         g.c_out,
                         tiles,
                         g.c_in,
-                        m[xi * g.c_out * tiles..].as_mut_ptr(),
+                        m[xi * m_xi..].as_mut_ptr(),
                         tiles,
                         false,
                         lhs,
@@ -273,6 +248,7 @@ fn run<T: Float, V: Variant>(g: &Geom, a: &[T], kmat: &[T], bias: Option<&[T]>) 
                 Tiles::<T, V> {
                     g,
                     m,
+                    m_xi,
                     trows: t0..t1,
                     tw,
                     bias,
@@ -387,6 +363,7 @@ impl<T: Float, V: Variant> simd::Kernel for Patches<'_, T, V> {
 struct Tiles<'a, T, V> {
     g: &'a Geom,
     m: &'a [T],
+    m_xi: usize,
     trows: std::ops::Range<usize>,
     tw: usize,
     bias: Option<&'a [T]>,
@@ -399,7 +376,11 @@ impl<T: Float, V: Variant> simd::Kernel for Tiles<'_, T, V> {
     #[inline(always)]
     fn run(self) {
         // SAFETY: the creator of a Tiles upholds write_tiles' contract for `b`.
-        unsafe { V::write_tiles(self.g, self.m, self.trows, self.tw, self.bias, self.b) }
+        unsafe {
+            V::write_tiles(
+                self.g, self.m, self.m_xi, self.trows, self.tw, self.bias, self.b,
+            )
+        }
     }
 }
 
@@ -426,6 +407,15 @@ fn copy_lanes<T: Float>(dst: &mut [T], src: &[T]) {
         let n = dst.len();
         dst.copy_from_slice(&src[..n]);
     }
+}
+
+/// The distance between the ξ blocks of a task's buffers of `elems` values
+/// each: rounded up to whole cache lines of f32, and one line more, so that the
+/// 16 or 36 blocks a transform reads or writes side by side do not fall into
+/// one L1 set (as blocks a multiple of 4 KiB apart do: 128 channels of 64
+/// tiles are 32 KiB).
+fn xi_stride(elems: usize) -> usize {
+    elems.next_multiple_of(16) + 16
 }
 
 /// Tasks of tile rows (tiles of side `m`, `xi` transform positions): (sample,
@@ -543,8 +533,14 @@ pub(super) mod tests {
             let want = naive(&g, &a, &k, &bias);
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             for (name, got) in [
-                ("F(2x2)", run::<f64, f2x2::F2x2>(&g, &a, &k, Some(&bias))),
-                ("F(4x4)", run::<f64, f4x4::F4x4>(&g, &a, &k, Some(&bias))),
+                (
+                    "F(2x2)",
+                    run::<f64, f2x2::F2x2>(&g, &a, Kernels::Own(&k), Some(&bias)),
+                ),
+                (
+                    "F(4x4)",
+                    run::<f64, f4x4::F4x4>(&g, &a, Kernels::Own(&k), Some(&bias)),
+                ),
             ] {
                 let d = got
                     .iter()
@@ -555,8 +551,14 @@ pub(super) mod tests {
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
             let (a32, k32, b32) = (f(&a), f(&k), f(&bias));
             for (name, got) in [
-                ("F(2x2)", run::<f32, f2x2::F2x2>(&g, &a32, &k32, Some(&b32))),
-                ("F(4x4)", run::<f32, f4x4::F4x4>(&g, &a32, &k32, Some(&b32))),
+                (
+                    "F(2x2)",
+                    run::<f32, f2x2::F2x2>(&g, &a32, Kernels::Own(&k32), Some(&b32)),
+                ),
+                (
+                    "F(4x4)",
+                    run::<f32, f4x4::F4x4>(&g, &a32, Kernels::Own(&k32), Some(&b32)),
+                ),
             ] {
                 let d = got
                     .iter()

@@ -28,7 +28,8 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    copy_lanes, gather_patches, lanes, needs_padding, Columns, Lanes, Variant, ISA, LANES,
+    copy_lanes, gather_patches, lanes, needs_padding, xi_stride, Columns, Lanes, Variant, ISA,
+    LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{sum_shares, Float, Geom};
@@ -94,16 +95,18 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
             let (mut v, mut dm, mut padded) = (Vec::new(), Vec::new(), Vec::new());
             for chunk in share {
                 let cols: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
-                v.resize(V::XI * g.c_in * cols, T::ZERO);
-                dm.resize(V::XI * g.c_out * cols, T::ZERO);
+                let (v_xi, m_xi) = (xi_stride(g.c_in * cols), xi_stride(g.c_out * cols));
+                v.resize(V::XI * v_xi, T::ZERO);
+                dm.resize(V::XI * m_xi, T::ZERO);
                 let mut col0 = 0;
                 for &(i, t0, t1) in chunk {
-                    let at = |channels: usize| Columns {
+                    let at = |xi_stride: usize| Columns {
+                        xi_stride,
+                        ch_stride: cols,
                         col0,
-                        ..Columns::blocks(channels, cols)
                     };
                     let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-                    let (out, v) = (at(g.c_in), &mut v[..]);
+                    let (out, v) = (at(v_xi), &mut v[..]);
                     gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, &mut padded, out, v);
                     simd::dispatch_at_most(
                         ISA,
@@ -112,7 +115,7 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                             b: &b[i * g.b_len()..(i + 1) * g.b_len()],
                             trows: t0..t1,
                             tw,
-                            out: at(g.c_out),
+                            out: at(m_xi),
                             dm: &mut dm,
                             variant: std::marker::PhantomData,
                         },
@@ -121,18 +124,19 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
                 }
                 for xi in 0..V::XI {
                     let lhs = Mat {
-                        ptr: dm[xi * g.c_out * cols..].as_ptr(),
+                        ptr: dm[xi * m_xi..].as_ptr(),
                         rs: cols,
                         cs: 1,
                     };
                     // V_ξᵀ: cols x c_in.
                     let rhs = Mat {
-                        ptr: v[xi * g.c_in * cols..].as_ptr(),
+                        ptr: v[xi * v_xi..].as_ptr(),
                         rs: 1,
                         cs: cols,
                     };
                     // SAFETY: du holds XI blocks of c_out x c_in (this share's
-                    // own); dm XI blocks of c_out x cols; v XI blocks of c_in x cols.
+                    // own); dm XI blocks of c_out x cols (m_xi apart); v XI
+                    // blocks of c_in x cols (v_xi apart).
                     unsafe {
                         matmul(
                             g.c_out,
