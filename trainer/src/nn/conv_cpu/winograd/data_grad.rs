@@ -40,16 +40,29 @@ fn unpadded<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>) -> Vec<
         ..transposed(g)
     };
     let core = run_kernels(&inner, b, Kernels::Flipped(kmat), bias);
-    let mut a = vec![T::ZERO; g.n * g.a_len()];
-    a.par_chunks_exact_mut(h * w)
-        .zip(core.par_chunks_exact(g.ho * g.wo))
-        .for_each(|(dst, src)| {
+    // The interior and the frame write every element: no zeroing.
+    let len = g.n * g.a_len();
+    let mut a: Vec<T> = Vec::with_capacity(len);
+    let out = SharedMut::new(a.as_mut_ptr());
+    core.par_chunks_exact(g.ho * g.wo)
+        .enumerate()
+        .for_each(|(plane, src)| {
             for (y, row) in src.chunks_exact(g.wo).enumerate() {
-                let at = (y + 1) * w + 1;
-                dst[at..at + g.wo].copy_from_slice(row);
+                // SAFETY: row y + 1, columns 1 .. w - 1 of plane `plane` of
+                // a's n·c_in planes of h x w; each task copies its own plane.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out.get().add(plane * h * w + (y + 1) * w + 1),
+                        g.wo,
+                    )
+                };
             }
         });
-    frame(g, b, kmat, bias, &mut a);
+    frame(g, b, kmat, bias, out);
+    // SAFETY: the interior (above) and the frame (rows 0 and h - 1, columns 0
+    // and w - 1) are every element of the capacity.
+    unsafe { a.set_len(len) };
     a
 }
 
@@ -119,8 +132,9 @@ impl Edge {
 /// Fills the frame of `a` (pixels no interior output covers): along each edge,
 /// `A[ci, p] = bias[ci] + Σ_j Σ_co K[co, ci, tap(j)] · B[co, p - j]`, one GEMM
 /// `(c_in x c_out) · (c_out x n·len)` per tap `j`.
-fn frame<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>, a: &mut [T]) {
-    let out = SharedMut::new(a.as_mut_ptr());
+///
+/// `out` points to `a [n, c_in, h, w]`, whose frame no one else writes meanwhile.
+fn frame<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>, out: SharedMut<T>) {
     let (h, w) = (g.h, g.w);
     let plane_b = g.ho * g.wo;
     [Edge::Top, Edge::Bottom, Edge::Left, Edge::Right]
