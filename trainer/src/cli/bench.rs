@@ -118,7 +118,7 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
     let full = (Tensor::randn(0f32, 0.3, shape, &device)?.tanh())?;
     let mut rng = StdRng::seed_from_u64(1);
     for _ in 0..args.warmup {
-        method.step(&low, &full, 2e-4, &mut rng)?;
+        crate::nn::pool::on_pool(|| method.step(&low, &full, 2e-4, &mut rng))?;
     }
     device.synchronize()?;
     if args.profile {
@@ -129,7 +129,7 @@ pub fn run(args: BenchStepArgs) -> anyhow::Result<()> {
     for _ in 0..args.steps {
         let t = Instant::now();
         profile::time(profile::Op::Step, || {
-            method.step(&low, &full, 2e-4, &mut rng)
+            crate::nn::pool::on_pool(|| method.step(&low, &full, 2e-4, &mut rng))
         })?;
         // A GPU runs the step's kernels asynchronously: the time is the work's.
         device.synchronize()?;

@@ -7,6 +7,8 @@
 //!   and the composite reference that runs on any device) and batch
 //!   normalisation in both modes.
 //! - [`gradcheck`]: finite-difference gradient checks for tests.
+//! - [`pool`]: [`pool::on_pool`], a training step run on a thread of rayon's pool
+//!   (its convolutions start without waiting for a worker to wake).
 //! - [`profile`]: per-op timers of a training step (`bench-step --profile`).
 //! - [`rectifier`]: ReLU and leaky ReLU with one-pass backwards (the `fast`
 //!   backend's), also applied inside the op before them.
@@ -38,6 +40,7 @@ pub mod conv_cpu;
 pub mod gradcheck;
 pub mod norm;
 pub mod pad;
+pub mod pool;
 pub mod profile;
 pub mod rectifier;
 pub mod simd;

@@ -246,7 +246,8 @@ pub fn fit(config: &TrainConfig, opts: &FitOptions) -> Result<FitOutcome, TrainE
         let lr = config.schedule.lr_at(config.optim.lr, state.step);
         let mut rng =
             StdRng::seed_from_u64(derive_seed(config.seed, state.step ^ 0x9001_0000_0000));
-        let losses = method.step(&low, &full, lr, &mut rng)?;
+        // On a pool thread: the step's convolutions start without waking one.
+        let losses = crate::nn::pool::on_pool(|| method.step(&low, &full, lr, &mut rng))?;
         if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
             return Err(TrainError::Run(format!(
                 "loss `{}` became {} at step {}: lower optim.lr or check the data",
