@@ -122,21 +122,20 @@ impl Variant for F2x2 {
     unsafe fn write_tiles<T: Float>(
         g: &Geom,
         m: &[T],
-        m_xi: usize,
+        m_at: Columns,
         trows: std::ops::Range<usize>,
         tw: usize,
         bias: Option<&[T]>,
         b: *mut T,
     ) {
-        let tiles = trows.len() * tw;
-        let stride_xi = m_xi;
+        let stride_xi = m_at.xi_stride;
         for co in 0..g.c_out {
             let beta = bias.map_or(T::ZERO, |b| b[co]);
             let plane = co * g.ho * g.wo;
             for (r, ty) in trows.clone().enumerate() {
                 for tx0 in (0..tw).step_by(LANES) {
                     let nl = (tw - tx0).min(LANES);
-                    let base = co * tiles + r * tw + tx0;
+                    let base = co * m_at.ch_stride + m_at.col0 + r * tw + tx0;
                     let e: [[Lanes<T>; 4]; 4] = std::array::from_fn(|row| {
                         std::array::from_fn(|col| {
                             let at = (row * 4 + col) * stride_xi + base;

@@ -131,7 +131,7 @@ pub(super) trait Variant {
 
     /// `Aᵀ M A` of every tile of tile rows `trows` (+ bias) into one sample's
     /// output `b [c_out, ho, wo]`, dropping the pixels past its edge; `m` holds
-    /// [`Self::XI`] blocks of `c_out x tiles`, `m_xi` apart.
+    /// them where `m_at` says (as [`Self::transform_patches`] writes its `out`).
     ///
     /// # Safety
     ///
@@ -141,7 +141,7 @@ pub(super) trait Variant {
     unsafe fn write_tiles<T: Float>(
         g: &Geom,
         m: &[T],
-        m_xi: usize,
+        m_at: Columns,
         trows: std::ops::Range<usize>,
         tw: usize,
         bias: Option<&[T]>,
@@ -196,25 +196,39 @@ fn run<T: Float, V: Variant>(
     // layers is half a millisecond of memset before the threads start).
     let mut b: Vec<T> = Vec::with_capacity(len);
     let u = transform_kernels::<T, V>(g, kernels);
-    let tw = g.wo.div_ceil(V::M);
-    let tasks = tile_tasks(g, g.c_in + g.c_out, V::M, V::XI);
-    let parallel_gemm = tasks.len() < rayon::current_num_threads();
+    let (th, tw) = (g.ho.div_ceil(V::M), g.wo.div_ceil(V::M));
+    let threads = rayon::current_num_threads();
+    // Tasks of at most BLOCK_ELEMS transformed values, one per thread at least
+    // where the tiles allow, and no more: every task's GEMMs pack all of U (9.4
+    // MB for 256 channels in F(4x4)), and tasks of a sample's 16 tiles (two per
+    // thread) made the CycleGAN ngf 64 step 1.26 s against 1.12 s. Small samples
+    // share a task (their tiles side by side).
+    let max_tiles = (BLOCK_ELEMS / (V::XI * (g.c_in + g.c_out)).max(1))
+        .min((g.n * th * tw).div_ceil(threads))
+        .max(tw);
+    let tasks = chunks(g.n, th, tw, max_tiles);
+    let parallel_gemm = tasks.len() < threads;
     let out = SharedMut::new(b.as_mut_ptr());
     let pad = needs_padding(g, V::M);
     tasks.par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
-        |(v, m, padded): &mut (Vec<T>, Vec<T>, Vec<T>), &(i, t0, t1)| {
-            let tiles = (t1 - t0) * tw;
+        |(v, m, padded): &mut (Vec<T>, Vec<T>, Vec<T>), chunk| {
+            let tiles: usize = chunk.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
             let (v_xi, m_xi) = (xi_stride(g.c_in * tiles), xi_stride(g.c_out * tiles));
             v.resize(V::XI * v_xi, T::ZERO);
             m.resize(V::XI * m_xi, T::ZERO);
-            let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
-            let at = Columns {
-                xi_stride: v_xi,
+            // Each segment's tiles from column col0 of the task's columns.
+            let at = |xi_stride: usize, col0: usize| Columns {
+                xi_stride,
                 ch_stride: tiles,
-                col0: 0,
+                col0,
             };
-            gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, padded, at, v);
+            let mut col0 = 0;
+            for &(i, t0, t1) in chunk {
+                let a_i = &a[i * g.a_len()..(i + 1) * g.a_len()];
+                gather_patches::<T, V>(g, a_i, t0..t1, tw, pad, padded, at(v_xi, col0), v);
+                col0 += (t1 - t0) * tw;
+            }
             for xi in 0..V::XI {
                 let lhs = Mat {
                     ptr: u[xi * g.c_out * g.c_in..].as_ptr(),
@@ -243,23 +257,26 @@ fn run<T: Float, V: Variant>(
                     )
                 };
             }
-            let b_i = out.get().wrapping_add(i * g.b_len());
-            // SAFETY: `b` outlives the tasks, sample i starts at i·b_len, and
-            // this task alone writes its output rows m·t0 .. m·t1 (blocks of tile
-            // rows are disjoint).
-            simd::dispatch_at_most(
-                ISA,
-                Tiles::<T, V> {
-                    g,
-                    m,
-                    m_xi,
-                    trows: t0..t1,
-                    tw,
-                    bias,
-                    b: b_i,
-                    variant: PhantomData,
-                },
-            );
+            let mut col0 = 0;
+            for &(i, t0, t1) in chunk {
+                // SAFETY: `b` outlives the tasks, sample i starts at i·b_len, and
+                // this task alone writes its output rows m·t0 .. m·t1 (the
+                // chunks' segments of tile rows are disjoint).
+                simd::dispatch_at_most(
+                    ISA,
+                    Tiles::<T, V> {
+                        g,
+                        m,
+                        m_at: at(m_xi, col0),
+                        trows: t0..t1,
+                        tw,
+                        bias,
+                        b: out.get().wrapping_add(i * g.b_len()),
+                        variant: PhantomData,
+                    },
+                );
+                col0 += (t1 - t0) * tw;
+            }
         },
     );
     // SAFETY: every element of the capacity was written (see above).
@@ -369,7 +386,7 @@ impl<T: Float, V: Variant> simd::Kernel for Patches<'_, T, V> {
 struct Tiles<'a, T, V> {
     g: &'a Geom,
     m: &'a [T],
-    m_xi: usize,
+    m_at: Columns,
     trows: std::ops::Range<usize>,
     tw: usize,
     bias: Option<&'a [T]>,
@@ -384,7 +401,7 @@ impl<T: Float, V: Variant> simd::Kernel for Tiles<'_, T, V> {
         // SAFETY: the creator of a Tiles upholds write_tiles' contract for `b`.
         unsafe {
             V::write_tiles(
-                self.g, self.m, self.m_xi, self.trows, self.tw, self.bias, self.b,
+                self.g, self.m, self.m_at, self.trows, self.tw, self.bias, self.b,
             )
         }
     }
@@ -424,25 +441,35 @@ fn xi_stride(elems: usize) -> usize {
     elems.next_multiple_of(16) + 16
 }
 
-/// Tasks of tile rows (tiles of side `m`, `xi` transform positions): (sample,
-/// first tile row, end tile row), blocks of at most [`BLOCK_ELEMS`] transformed
-/// elements, at least one task per thread where the image allows. No more than
-/// that: every task's GEMMs pack all of `U` (9.4 MB for 256 channels in
-/// F(4x4)), and two tasks per thread made the CycleGAN ngf 64 step (one sample
-/// of 32x32 in its blocks: 16-tile tasks) 1.26 s against 1.12 s.
-fn tile_tasks(g: &Geom, channels: usize, m: usize, xi: usize) -> Vec<(usize, usize, usize)> {
-    let (th, tw) = (g.ho.div_ceil(m), g.wo.div_ceil(m));
-    let threads = rayon::current_num_threads();
-    let rows = (BLOCK_ELEMS / (xi * channels * tw).max(1))
-        .clamp(1, th.max(1))
-        .min((g.n * th).div_ceil(threads).max(1));
-    (0..g.n)
-        .flat_map(|i| {
-            (0..th)
-                .step_by(rows)
-                .map(move |t0| (i, t0, (t0 + rows).min(th)))
-        })
-        .collect()
+/// Chunks of (sample, first tile row, end tile row) whose tiles together are at
+/// most `max_tiles` (at least one tile row each), the tiles of several small
+/// samples in one chunk.
+pub(super) fn chunks(
+    n: usize,
+    th: usize,
+    tw: usize,
+    max_tiles: usize,
+) -> Vec<Vec<(usize, usize, usize)>> {
+    let rows = (max_tiles / tw.max(1)).clamp(1, th.max(1));
+    let mut out: Vec<Vec<(usize, usize, usize)>> = Vec::new();
+    let mut tiles = 0;
+    for i in 0..n {
+        for t0 in (0..th).step_by(rows) {
+            let t1 = (t0 + rows).min(th);
+            let seg = (t1 - t0) * tw;
+            match out.last_mut() {
+                Some(chunk) if tiles + seg <= max_tiles => {
+                    chunk.push((i, t0, t1));
+                    tiles += seg;
+                }
+                _ => {
+                    out.push(vec![(i, t0, t1)]);
+                    tiles = seg;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -588,5 +615,33 @@ pub(super) mod tests {
         // 25 pixels: 7 tiles of 4 (3 outputs wasted) against 13 of 2; still fewer
         // positions (1764 against 2704).
         assert!(use_f4x4(&geom(1, 16, 16, 25, 25, 1)));
+    }
+
+    #[test]
+    fn chunks_cover_every_tile_row_once_within_the_limit() {
+        for (n, th, tw, max) in [
+            (4, 8, 8, 256),
+            (1, 50, 7, 20),
+            (3, 2, 40, 10),
+            (5, 3, 3, 1000),
+        ] {
+            let b = chunks(n, th, tw, max);
+            let mut seen = vec![0; n * th];
+            for batch in &b {
+                let tiles: usize = batch.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
+                assert!(tiles <= max.max(tw), "{tiles} > {max}");
+                for &(i, t0, t1) in batch {
+                    for t in t0..t1 {
+                        seen[i * th + t] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&c| c == 1),
+                "{n} {th} {tw} {max}: {seen:?}"
+            );
+        }
+        // Small samples share a batch.
+        assert_eq!(chunks(4, 8, 8, 256).len(), 1);
     }
 }

@@ -28,8 +28,8 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    copy_lanes, gather_patches, lanes, needs_padding, xi_stride, Columns, Lanes, Variant, ISA,
-    LANES,
+    chunks, copy_lanes, gather_patches, lanes, needs_padding, xi_stride, Columns, Lanes, Variant,
+    ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{sum_shares, Float, Geom};
@@ -170,32 +170,6 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
             }
         });
     kmat
-}
-
-/// Chunks of (sample, first tile row, end tile row) whose tiles together are at
-/// most `max_tiles` (at least one tile row each), the tiles of several small
-/// samples in one chunk.
-fn chunks(n: usize, th: usize, tw: usize, max_tiles: usize) -> Vec<Vec<(usize, usize, usize)>> {
-    let rows = (max_tiles / tw.max(1)).clamp(1, th.max(1));
-    let mut out: Vec<Vec<(usize, usize, usize)>> = Vec::new();
-    let mut tiles = 0;
-    for i in 0..n {
-        for t0 in (0..th).step_by(rows) {
-            let t1 = (t0 + rows).min(th);
-            let seg = (t1 - t0) * tw;
-            match out.last_mut() {
-                Some(chunk) if tiles + seg <= max_tiles => {
-                    chunk.push((i, t0, t1));
-                    tiles += seg;
-                }
-                _ => {
-                    out.push(vec![(i, t0, t1)]);
-                    tiles = seg;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// [`WeightGrad::transform_output_grads`] as a [`simd::Kernel`].
@@ -369,33 +343,5 @@ mod tests {
                 .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
             assert!(d <= 1e-5 * scale, "{g:?}: f32 differs by {d:e}");
         }
-    }
-
-    #[test]
-    fn chunks_cover_every_tile_row_once_within_the_limit() {
-        for (n, th, tw, max) in [
-            (4, 8, 8, 256),
-            (1, 50, 7, 20),
-            (3, 2, 40, 10),
-            (5, 3, 3, 1000),
-        ] {
-            let b = chunks(n, th, tw, max);
-            let mut seen = vec![0; n * th];
-            for batch in &b {
-                let tiles: usize = batch.iter().map(|&(_, t0, t1)| (t1 - t0) * tw).sum();
-                assert!(tiles <= max.max(tw), "{tiles} > {max}");
-                for &(i, t0, t1) in batch {
-                    for t in t0..t1 {
-                        seen[i * th + t] += 1;
-                    }
-                }
-            }
-            assert!(
-                seen.iter().all(|&c| c == 1),
-                "{n} {th} {tw} {max}: {seen:?}"
-            );
-        }
-        // Small samples share a batch.
-        assert_eq!(chunks(4, 8, 8, 256).len(), 1);
     }
 }
