@@ -212,7 +212,7 @@ fn frame<T: Float>(g: &Geom, b: &[T], kmat: &[T], bias: Option<&[T]>, out: Share
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{geom, values};
+    use super::super::tests::{geom, max_diff, values};
     use super::*;
 
     /// `A = conv_full(B, K) + bias` written out: A's pixel (y, x) sums
@@ -274,18 +274,12 @@ mod tests {
             let want = naive(&g, &b, &k, &bias);
             let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
             let got = data_grad(&g, &b, &k, Some(&bias));
-            let d = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            let d = max_diff(&got, &want);
             assert!(d <= 1e-12 * scale, "{g:?}: f64 differs by {d:e}");
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
             let got = data_grad(&g, &f(&b), &f(&k), None);
             let no_bias = naive(&g, &b, &k, &vec![0.0; c_in]);
-            let d = got
-                .iter()
-                .zip(&no_bias)
-                .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+            let d = max_diff(&got, &no_bias);
             assert!(d <= 1e-5 * scale, "{g:?}: f32 differs by {d:e}");
         }
     }

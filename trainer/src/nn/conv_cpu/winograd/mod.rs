@@ -506,6 +506,13 @@ pub(super) mod tests {
         b
     }
 
+    /// The largest absolute difference between `got` (f32 or f64) and `want`.
+    pub(super) fn max_diff<T: Float>(got: &[T], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .fold(0f64, |m, (x, y)| m.max((x.to_f64() - y).abs()))
+    }
+
     /// A deterministic pseudo-random vector in [-1, 1).
     pub(super) fn values(n: usize, seed: u64) -> Vec<f64> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -578,10 +585,7 @@ pub(super) mod tests {
                     run::<f64, f4x4::F4x4>(&g, &a, Kernels::Own(&k), Some(&bias)),
                 ),
             ] {
-                let d = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                let d = max_diff(&got, &want);
                 assert!(d <= 1e-12 * scale, "{name} {g:?}: f64 differs by {d:e}");
             }
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -596,10 +600,7 @@ pub(super) mod tests {
                     run::<f32, f4x4::F4x4>(&g, &a32, Kernels::Own(&k32), Some(&b32)),
                 ),
             ] {
-                let d = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+                let d = max_diff(&got, &want);
                 assert!(d <= 1e-5 * scale, "{name} {g:?}: f32 differs by {d:e}");
             }
         }

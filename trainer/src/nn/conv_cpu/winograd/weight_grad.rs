@@ -286,7 +286,7 @@ impl WeightGrad for F2x2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::conv_cpu::winograd::tests::{geom, values, SHAPES};
+    use crate::nn::conv_cpu::winograd::tests::{geom, max_diff, values, SHAPES};
 
     /// `K[co, ci, ky, kx] = Σ dB[co, oy, ox] · A[ci, oy + ky - p, ox + kx - p]`
     /// written out, in f64.
@@ -330,17 +330,11 @@ mod tests {
             let want = naive(&g, &a, &b);
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             let got = run::<f64, F2x2>(&g, &a, &b);
-            let d = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            let d = max_diff(&got, &want);
             assert!(d <= 1e-12 * scale, "{g:?}: f64 differs by {d:e}");
             let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
             let got = run::<f32, F2x2>(&g, &f(&a), &f(&b));
-            let d = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+            let d = max_diff(&got, &want);
             assert!(d <= 1e-5 * scale, "{g:?}: f32 differs by {d:e}");
         }
     }
