@@ -19,7 +19,8 @@
 //! - [`super::direct`]: with at most [`DIRECT_MAX_OUT`] output channels (a network's
 //!   last layer), directly on the images, one kernel tap at a time;
 //! - [`super::winograd`]: 3x3 stride-1 layers with enough channels, forward and input
-//!   gradient, F(2x2, 3x3).
+//!   gradient by F(2x2, 3x3) or F(4x4, 3x3), weight gradient by F(2x2, 3x3) from 128
+//!   channels.
 //!
 //! They share the geometry ([`super::geom`]) and the GEMM ([`super::gemm`]); Winograd
 //! does not use the im2col module.
