@@ -110,8 +110,8 @@ impl Edge {
         }
     }
 
-    /// The edge's pixels of A that it writes (0 .. len + 2) and the offset of
-    /// pixel `p` in a plane of A; the columns leave the corners to the rows.
+    /// The edge's pixels of A that it writes (of 0 .. len + 2): the columns
+    /// leave the corners to the rows.
     fn a_pixels(self, g: &Geom) -> std::ops::Range<usize> {
         match self {
             Edge::Top | Edge::Bottom => 0..g.w,
@@ -119,6 +119,7 @@ impl Edge {
         }
     }
 
+    /// Offset of the edge's pixel `p` in a plane of A.
     fn a_at(self, g: &Geom, p: usize) -> usize {
         match self {
             Edge::Top => p,

@@ -26,17 +26,10 @@ pub(in crate::nn::conv_cpu) trait Arith:
     fn splat(v: f64) -> Self;
 }
 
-impl Arith for f32 {
+impl<T: Float> Arith for T {
     #[inline(always)]
     fn splat(v: f64) -> Self {
-        <f32 as candle_core::WithDType>::from_f64(v)
-    }
-}
-
-impl Arith for f64 {
-    #[inline(always)]
-    fn splat(v: f64) -> Self {
-        v
+        T::from_f64(v)
     }
 }
 
@@ -165,9 +158,9 @@ impl<T: Float, V: Variant> simd::Kernel for Block<'_, T, V> {
     fn run(self) {
         let g = self.g;
         let mut block = [[T::ZERO; KERNEL_BLOCK]; 36];
+        // (Lanes past the block repeat its last kernel; they are not written.)
+        let last = self.first + self.count - 1;
         for l0 in (0..self.count).step_by(LANES) {
-            // (Lanes past the block repeat its last kernel; they are not written.)
-            let last = self.first + self.count - 1;
             let taps = self.kernels.taps(g, self.first + l0, last);
             let tr = V::transform_kernel(&taps);
             for (dst, src) in block.iter_mut().zip(&tr).take(V::XI) {

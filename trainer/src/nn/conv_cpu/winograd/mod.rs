@@ -197,17 +197,13 @@ fn run<T: Float, V: Variant>(
     let mut b: Vec<T> = Vec::with_capacity(len);
     let u = transform_kernels::<T, V>(g, kernels);
     let (th, tw) = (g.ho.div_ceil(V::M), g.wo.div_ceil(V::M));
-    let threads = rayon::current_num_threads();
     // Tasks of at most BLOCK_ELEMS transformed values, one per thread at least
     // where the tiles allow, and no more: every task's GEMMs pack all of U (9.4
     // MB for 256 channels in F(4x4)), and tasks of a sample's 16 tiles (two per
     // thread) made the CycleGAN ngf 64 step 1.26 s against 1.12 s. Small samples
     // share a task (their tiles side by side).
-    let max_tiles = (BLOCK_ELEMS / (V::XI * (g.c_in + g.c_out)).max(1))
-        .min((g.n * th * tw).div_ceil(threads))
-        .max(tw);
-    let tasks = chunks(g.n, th, tw, max_tiles);
-    let parallel_gemm = tasks.len() < threads;
+    let tasks = budget_chunks(g, th, tw, V::XI, BLOCK_ELEMS);
+    let parallel_gemm = tasks.len() < rayon::current_num_threads();
     let out = SharedMut::new(b.as_mut_ptr());
     let pad = needs_padding(g, V::M);
     tasks.par_iter().for_each_init(
@@ -441,15 +437,26 @@ fn xi_stride(elems: usize) -> usize {
     elems.next_multiple_of(16) + 16
 }
 
+/// [`chunks`] of `g`'s tiles (`th` rows of `tw`) of at most `elems` transformed
+/// values each (`xi·(c_in + c_out)` per tile), and at least one chunk per thread
+/// where the tiles allow.
+pub(super) fn budget_chunks(
+    g: &Geom,
+    th: usize,
+    tw: usize,
+    xi: usize,
+    elems: usize,
+) -> Vec<Vec<(usize, usize, usize)>> {
+    let max_tiles = (elems / (xi * (g.c_in + g.c_out)).max(1))
+        .min((g.n * th * tw).div_ceil(rayon::current_num_threads()))
+        .max(tw);
+    chunks(g.n, th, tw, max_tiles)
+}
+
 /// Chunks of (sample, first tile row, end tile row) whose tiles together are at
 /// most `max_tiles` (at least one tile row each), the tiles of several small
 /// samples in one chunk.
-pub(super) fn chunks(
-    n: usize,
-    th: usize,
-    tw: usize,
-    max_tiles: usize,
-) -> Vec<Vec<(usize, usize, usize)>> {
+fn chunks(n: usize, th: usize, tw: usize, max_tiles: usize) -> Vec<Vec<(usize, usize, usize)>> {
     let rows = (max_tiles / tw.max(1)).clamp(1, th.max(1));
     let mut out: Vec<Vec<(usize, usize, usize)>> = Vec::new();
     let mut tiles = 0;

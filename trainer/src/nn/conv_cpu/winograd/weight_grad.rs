@@ -28,8 +28,8 @@ use rayon::prelude::*;
 
 use super::f2x2::F2x2;
 use super::{
-    chunks, copy_lanes, gather_patches, lanes, needs_padding, xi_stride, Columns, Lanes, Variant,
-    ISA, LANES,
+    budget_chunks, copy_lanes, gather_patches, lanes, needs_padding, xi_stride, Columns, Lanes,
+    Variant, ISA, LANES,
 };
 use crate::nn::conv_cpu::gemm::{matmul, Mat};
 use crate::nn::conv_cpu::geom::{sum_shares, Float, Geom};
@@ -80,11 +80,7 @@ fn run<T: Float, V: WeightGrad>(g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
     }
     let (th, tw) = (g.ho.div_ceil(V::M), g.wo.div_ceil(V::M));
     let threads = rayon::current_num_threads();
-    // At least one chunk per thread where the tiles allow.
-    let max_tiles = (CHUNK_ELEMS / (V::XI * (g.c_in + g.c_out)))
-        .min((g.n * th * tw).div_ceil(threads))
-        .max(tw);
-    let chunks = chunks(g.n, th, tw, max_tiles);
+    let chunks = budget_chunks(g, th, tw, V::XI, CHUNK_ELEMS);
     let shares = threads.min(chunks.len()).max(1);
     let pad = needs_padding(g, V::M);
     let parallel_gemm = shares < threads;
